@@ -1,0 +1,55 @@
+# lightning-mtl — one command each: `make train`, `make test` (both create .venv when missing).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+TASKS     ?= seg,depth,normal
+DATA      ?= synthetic
+CONFIG    ?= experiments/$(DATA).yaml
+LOGGER    ?= wandb
+EPOCHS    ?=
+LAMBDA    ?=
+DATA_ROOT ?=
+NAME      ?=
+ARGS      ?=
+
+TRAIN_FLAGS := --config $(CONFIG) --model.tasks '[$(TASKS)]' --run.logger $(LOGGER) \
+	$(if $(EPOCHS),--trainer.max_epochs $(EPOCHS)) \
+	$(if $(LAMBDA),--model.lambda_ $(LAMBDA)) \
+	$(if $(DATA_ROOT),--data.init_args.root $(DATA_ROOT)) \
+	$(if $(NAME),--run.name $(NAME))
+
+.PHONY: install train test test-fast bench lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/lightning-mtl fit $(TRAIN_FLAGS) $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/lightning-mtl bench $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

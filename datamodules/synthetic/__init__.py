@@ -1,0 +1,15 @@
+"""Procedurally rendered indoor scenes with dense and image-level targets (no download)."""
+
+from .datamodule import TARGETS, SyntheticDataModule, SyntheticDataset
+from .sample import BINARY_LABELS, IGNORE_INDEX, render_sample
+from .scene import CLASS_NAMES
+
+__all__ = [
+    "BINARY_LABELS",
+    "CLASS_NAMES",
+    "IGNORE_INDEX",
+    "TARGETS",
+    "SyntheticDataModule",
+    "SyntheticDataset",
+    "render_sample",
+]

@@ -1,0 +1,7 @@
+"""Lightning callbacks, one concern each."""
+
+from lightning_mtl.callbacks.prediction_samples import PredictionSamples
+from lightning_mtl.callbacks.run_summary import RunSummary
+from lightning_mtl.callbacks.sparsity_monitor import SparsityMonitor
+
+__all__ = ["PredictionSamples", "RunSummary", "SparsityMonitor"]

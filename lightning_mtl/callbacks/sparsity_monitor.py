@@ -1,0 +1,50 @@
+"""SparsityMonitor: log the sparsity of the grouped convs and save the spy plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import matplotlib.pyplot as plt
+from lightning.pytorch.loggers import WandbLogger
+
+from lightning_mtl.plots import spy_plot
+from lightning_mtl.sparsity import sparsity_stats
+
+
+class SparsityMonitor(L.Callback):
+    """Each validation epoch: log `sparsity/group_pct`, `sparsity/param_pct` and
+    `sparsity/layer/{name}` (live-group fraction per conv), and write `sparsity.png` into the
+    run folder (also sent to W&B when a WandbLogger is attached).
+
+    Works with any module that has `sparse_weights()` (name, weight) in forward order.
+    """
+
+    def __init__(self, filename: str = "sparsity.png", log_layers: bool = True) -> None:
+        self.filename = filename
+        self.log_layers = log_layers
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        weights = pl_module.sparse_weights()
+        group_by = pl_module.hparams.get("group_by", "in_channel")
+        stats = sparsity_stats(weights, group_by)
+        pl_module.log("sparsity/group_pct", stats.group_pct)
+        pl_module.log("sparsity/param_pct", stats.param_pct)
+        if self.log_layers:
+            for name, fraction in stats.layers.items():
+                pl_module.log(f"sparsity/layer/{name}", fraction)
+        if trainer.is_global_zero:
+            self._save_plot(trainer, weights, group_by, stats.group_pct)
+
+    def _save_plot(self, trainer: L.Trainer, weights, group_by: str, group_pct: float) -> None:
+        path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        title = f"epoch {trainer.current_epoch}: {group_pct:.1f}% zero groups"
+        fig = spy_plot(weights, group_by, title=title)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="sparsity/spy", images=[str(path)], step=trainer.global_step)

@@ -1,0 +1,190 @@
+"""The `lightning-mtl` command: LightningCLI (fit/validate/test/predict) plus job subcommands."""
+
+from __future__ import annotations
+
+import netrc
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from jsonargparse import Namespace
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import WandbLogger
+
+from lightning_mtl.callbacks import PredictionSamples, RunSummary, SparsityMonitor
+from lightning_mtl.modules import MultiTaskLightningModule
+from lightning_mtl.tasks import TASK_REGISTRY
+
+
+@dataclass
+class RunOptions:
+    """Where a run goes and how it is logged.
+
+    Args:
+        name: run folder name under `root` (default: tasks, λ, seed and a timestamp).
+        root: folder holding the run folders.
+        logger: `wandb` (CSV + W&B, offline when no API key is configured) or `csv`.
+        wandb_project: W&B project the run lands in.
+    """
+
+    name: str | None = None
+    root: str = "runs"
+    logger: Literal["wandb", "csv"] = "wandb"
+    wandb_project: str = "lightning-mtl"
+
+
+class LightningMTLCLI(LightningCLI):
+    """LightningCLI with the run folder convention, checkpointing and sparsity callbacks."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_class_arguments(RunOptions, "run")
+        parser.link_arguments("model.tasks", "data.init_args.tasks", compute_fn=_task_keys)
+        parser.link_arguments(
+            "data", "model.targets", compute_fn=lambda data: data.targets, apply_on="instantiate"
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.mode": "min",
+                "checkpoint.filename": "best",
+            }
+        )
+        parser.add_lightning_class_args(SparsityMonitor, "sparsity_monitor")
+        parser.add_lightning_class_args(PredictionSamples, "samples")
+        parser.add_lightning_class_args(RunSummary, "summary")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        run_dir = Path(config.run.root) / (config.run.name or _default_run_name(config))
+        if config.trainer.default_root_dir is None:
+            config.trainer.default_root_dir = str(run_dir)
+        if config.trainer.logger is None:
+            config.trainer.logger = _loggers(run_dir, config.run)
+
+    def after_fit(self) -> None:
+        """Close the W&B run so its file is complete when the command returns."""
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish()
+
+    after_validate = after_test = after_predict = after_fit
+
+
+def _task_keys(tasks: Sequence) -> list[str]:
+    """Batch keys the datamodule must provide for the model's tasks (a registered task may read
+    another task's target, e.g. a foreground task the `seg` labels)."""
+    if isinstance(tasks, str):
+        tasks = tasks.split(",")
+    keys = []
+    for task in tasks:
+        if isinstance(task, str) and task in TASK_REGISTRY:
+            task = TASK_REGISTRY[task](key=task)
+        key = task if isinstance(task, str) else task.target_key
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+def _default_run_name(config: Namespace) -> str:
+    tasks = "+".join(t if isinstance(t, str) else type(t).__name__ for t in config.model.tasks)
+    return (
+        f"{tasks}_lam{config.model.lambda_:g}_seed{config.seed_everything}_"
+        f"{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+
+
+def _loggers(run_dir: Path, run: Namespace) -> list[Namespace]:
+    """CSV always (reports need no W&B), first so that `trainer.log_dir` is the run folder."""
+    loggers = [
+        Namespace(
+            class_path="lightning.pytorch.loggers.CSVLogger",
+            init_args=Namespace(save_dir=str(run_dir), name="", version=""),
+        )
+    ]
+    if run.logger == "wandb":
+        loggers.append(
+            Namespace(
+                class_path="lightning.pytorch.loggers.WandbLogger",
+                init_args=Namespace(
+                    save_dir=str(run_dir),
+                    project=run.wandb_project,
+                    name=run_dir.name,
+                    offline=wandb_offline(),
+                ),
+            )
+        )
+    return loggers
+
+
+def wandb_offline() -> bool:
+    """Offline unless W&B credentials exist (WANDB_API_KEY or a netrc entry); WANDB_MODE wins."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return mode in ("offline", "dryrun", "disabled")
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    try:
+        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("//")[-1]
+        return netrc.netrc().authenticators(host) is None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return True
+
+
+def _fit_cli(args: Sequence[str]) -> None:
+    LightningMTLCLI(
+        MultiTaskLightningModule,
+        LightningDataModule,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        args=list(args),
+    )
+
+
+def _bench(args: Sequence[str]) -> None:
+    from lightning_mtl.benchmark import main as bench_main
+
+    bench_main(list(args))
+
+
+JOBS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
+    "bench": (_bench, "measure the prox optimizer step and its share of a training step"),
+}
+
+HELP = """usage: lightning-mtl SUBCOMMAND [options]
+
+Parsimonious multi-task vision models with group-lasso sparsity, on PyTorch Lightning.
+
+training (LightningCLI: --config FILE, --print_config, dotted overrides; `SUBCOMMAND --help`):
+  fit        train and validate        lightning-mtl fit --config experiments/synthetic.yaml
+  validate   evaluate on the val split  lightning-mtl validate --config … --ckpt_path …
+  test       evaluate on the test split lightning-mtl test --config … --ckpt_path …
+  predict    run the model on the predict split
+
+jobs:
+{jobs}
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        jobs = "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in JOBS.items())
+        print(HELP.format(jobs=jobs))
+        return
+    if args[0] in JOBS:
+        JOBS[args[0]][0](args[1:])
+        return
+    _fit_cli(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Segmentation metrics that torchmetrics does not provide."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from lightning_mtl.metrics.base import MeanOfValues
+
+
+class PerImageMicroIoU(MeanOfValues):
+    """The "Less is More" paper's IoU: per-image micro IoU, averaged over images.
+
+    For one image, ΣTP / Σ(TP+FP+FN) summed over classes and that image's labelled pixels,
+    which equals correct / (correct + 2·wrong). Images without a labelled pixel are skipped.
+    Differs from mIoU (per-class IoU of the split's confusion matrix, averaged over classes);
+    both are reported so paper tables can be compared.
+
+    `preds` are labels [N,H,W] or logits [N,C,H,W]; `target` is [N,H,W].
+    """
+
+    higher_is_better = True
+
+    def __init__(self, ignore_index: int = 255, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.ignore_index = ignore_index
+
+    def values(self, preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        if preds.dim() == target.dim() + 1:
+            preds = preds.argmax(1)
+        labelled = (target != self.ignore_index).flatten(1)
+        correct = ((preds == target).flatten(1) & labelled).sum(1)
+        wrong = labelled.sum(1) - correct
+        return correct / (correct + 2 * wrong), labelled.any(1)

@@ -1,0 +1,16 @@
+"""Backbones, task heads and the multi-task model."""
+
+from lightning_mtl.models.backbone import BACKBONES, DilatedResNet, build_backbone
+from lightning_mtl.models.heads import HEADS, ClassificationHead, DeepLabV3Head, build_head
+from lightning_mtl.models.multitask import MultiTaskModel
+
+__all__ = [
+    "BACKBONES",
+    "HEADS",
+    "ClassificationHead",
+    "DeepLabV3Head",
+    "DilatedResNet",
+    "MultiTaskModel",
+    "build_backbone",
+    "build_head",
+]

@@ -1,0 +1,5 @@
+"""LightningModules."""
+
+from lightning_mtl.modules.multitask import PARAM_GROUPS, MultiTaskLightningModule
+
+__all__ = ["PARAM_GROUPS", "MultiTaskLightningModule"]

@@ -1,0 +1,275 @@
+"""MultiTaskLightningModule: tasks + shared backbone + heads + loss weighting + sparsity."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lightning_mtl.models import MultiTaskModel, build_backbone, build_head
+from lightning_mtl.sparsity import ProxAdamW, conv_weights
+from lightning_mtl.sparsity.groups import GROUP_BY, NamedWeights
+from lightning_mtl.sparsity.optimizer import PENALTIES, PROXES
+from lightning_mtl.tasks import TargetSpec, Task, build_task
+from lightning_mtl.weighting import build_weighting
+
+#: Optimizer param groups the module builds, in order. `param_groups` overrides them by name.
+PARAM_GROUPS: tuple[str, ...] = ("sparse_convs", "backbone", "heads", "loss_weights")
+
+
+class MultiTaskLightningModule(L.LightningModule):
+    """Multi-task training with channel-group sparsity of the shared backbone.
+
+    Args:
+        tasks: task keys (`seg`, `depth`, `normal`, `edge`, a binary label, a registered user
+            task) or `Task` objects.
+        targets: what the datamodule provides (`datamodule.targets`); the CLI links it. Needed
+            to resolve task keys, not for `Task` objects.
+        backbone: `resnet18|34|50|101`, always dilated (output stride 8 by default).
+        backbone_options: extra `DilatedResNet` arguments (`deep_stem`, `width`, `layers`,
+            `weights`, `output_stride`).
+        head_channels: channels of the DeepLabV3 heads (256 in the papers).
+        weighting: loss weighting (`uncertainty` or `equal`).
+        optimizer: optimizer factory taking param groups; `ProxAdamW` applies the prox.
+        lr_scheduler: optional scheduler factory.
+        lambda_: group-lasso strength λ of the sparse convs (0 = dense).
+        prox: `adaptive` (Adam's metric) or `euclidean`.
+        penalty: `group_lasso` or `l1` (unstructured baseline).
+        group_by: `in_channel` (the papers) or `out_channel`.
+        sparse_layers: regex selecting which backbone convs are grouped (default: all).
+        prox_start_epoch: epochs of dense warm-up before the prox is applied.
+        param_groups: per-group overrides, e.g. `{"heads": {"lr": 1e-3}}`; groups are
+            `sparse_convs`, `backbone`, `heads`, `loss_weights`.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[str | Task] = ("seg", "depth", "normal"),
+        targets: Mapping[str, TargetSpec] | None = None,
+        backbone: str = "resnet50",
+        backbone_options: dict[str, Any] | None = None,
+        head_channels: int = 256,
+        weighting: str = "uncertainty",
+        optimizer: OptimizerCallable = ProxAdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lambda_: float = 0.0,
+        prox: str = "adaptive",
+        penalty: str = "group_lasso",
+        group_by: str = "in_channel",
+        sparse_layers: str | None = None,
+        prox_start_epoch: int = 0,
+        param_groups: dict[str, dict[str, float]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        _check_sparsity_options(lambda_, prox, penalty, group_by, prox_start_epoch, param_groups)
+        self.tasks: dict[str, Task] = _resolve_tasks(tasks, targets or {})
+        net = build_backbone(backbone, **(backbone_options or {}))
+        heads = {
+            key: build_head(task.head, net.out_channels, task.out_channels, head_channels)
+            for key, task in self.tasks.items()
+        }
+        self.model = MultiTaskModel(net, heads)
+        self.weighting = build_weighting(weighting, list(self.tasks))
+        self.sparse_names = [name for name, _ in conv_weights(self.model, sparse_layers)]
+        self.val_metrics = nn.ModuleDict(
+            {k: t.build_metrics().clone(prefix=f"val/{k}/") for k, t in self.tasks.items()}
+        )
+        self.test_metrics = nn.ModuleDict(
+            {k: t.build_metrics().clone(prefix=f"test/{k}/") for k, t in self.tasks.items()}
+        )
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self._rng_before_sanity_check: dict[str, Any] | None = None
+
+    # -- model -------------------------------------------------------------------------------
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        return self.model(images)
+
+    def sparse_weights(self) -> NamedWeights:
+        """The grouped conv weights (name, tensor), forward order — what the prox acts on."""
+        convs = dict(self.model.backbone.conv_layers())
+        return [(name, convs[name].weight) for name in self.sparse_names]
+
+    @property
+    def current_lambda(self) -> float:
+        """λ the optimizer applies now (0 during warm-up)."""
+        if self.trainer is not None and self.trainer.optimizers:
+            for group in self.trainer.optimizers[0].param_groups:
+                if group.get("name") == "sparse_convs":
+                    return float(group.get("lambda_", 0.0))
+        return float(self.hparams.lambda_)
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _shared_step(self, batch: Mapping[str, Tensor]) -> tuple[dict, dict[str, Tensor]]:
+        preds = self.model(batch["image"])
+        losses = {k: t.loss(preds[k], batch[t.target_key]) for k, t in self.tasks.items()}
+        return preds, losses
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        _, losses = self._shared_step(batch)
+        total = self.weighting(losses)
+        size = batch["image"].shape[0]
+        self.log("train/loss", total, prog_bar=True, batch_size=size)
+        for key, loss in losses.items():
+            self.log(f"train/{key}/loss", loss, batch_size=size)
+        for key, weight in self.weighting.weights().items():
+            self.log(f"weights/{key}", weight, batch_size=size)
+        self.log("lambda", self.current_lambda, batch_size=size)
+        return total
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        preds = self.model(batch["image"])
+        return {k: self.tasks[k].metric_input(p) for k, p in preds.items()}
+
+    def _evaluate(self, batch: Mapping[str, Tensor], split: str, metrics: nn.ModuleDict) -> None:
+        preds, losses = self._shared_step(batch)
+        size = batch["image"].shape[0]
+        self.log(f"{split}/loss", sum(losses.values()), batch_size=size, sync_dist=True)
+        for key, task in self.tasks.items():
+            self.log(f"{split}/{key}/loss", losses[key], batch_size=size, sync_dist=True)
+            metrics[key].update(
+                task.metric_input(preds[key]), task.metric_target(batch[task.target_key])
+            )
+            self.log_dict(metrics[key], batch_size=size)
+
+    # -- optimisation ------------------------------------------------------------------------
+
+    def optimizer_param_groups(self) -> list[dict[str, Any]]:
+        """Param groups named `sparse_convs`, `backbone`, `heads`, `loss_weights`."""
+        hp = self.hparams
+        sparse = [w for _, w in self.sparse_weights()]
+        sparse_ids = {id(w) for w in sparse}
+        groups: dict[str, dict[str, Any]] = {
+            "sparse_convs": {
+                "params": sparse,
+                "lambda_": hp.lambda_ if hp.prox_start_epoch == 0 else 0.0,
+                "prox": hp.prox,
+                "penalty": hp.penalty,
+                "group_by": hp.group_by,
+            },
+            "backbone": {
+                "params": [p for p in self.model.backbone.parameters() if id(p) not in sparse_ids],
+                "lambda_": 0.0,
+            },
+            "heads": {"params": list(self.model.heads.parameters()), "lambda_": 0.0},
+            "loss_weights": {"params": list(self.weighting.parameters()), "lambda_": 0.0},
+        }
+        for name, overrides in (hp.param_groups or {}).items():
+            groups[name].update(overrides)
+        return [{"name": n, **g} for n, g in groups.items() if g["params"]]
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.optimizer_param_groups())
+        if self.hparams.lambda_ > 0 and not isinstance(optimizer, ProxAdamW):
+            raise ValueError(
+                f"lambda_={self.hparams.lambda_} needs an optimizer that applies the prox "
+                f"(lightning_mtl.sparsity.ProxAdamW); got {type(optimizer).__name__}"
+            )
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
+
+    def on_train_epoch_start(self) -> None:
+        """Switch the prox on once the warm-up epochs are over."""
+        active = self.current_epoch >= self.hparams.prox_start_epoch
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                if group.get("name") == "sparse_convs":
+                    group["lambda_"] = self.hparams.lambda_ if active else 0.0
+
+    # -- exact resume ------------------------------------------------------------------------
+    # The global RNG streams (shuffling, dropout) are checkpointed and restored when the
+    # checkpoint is loaded, before the train loader's first iterator draws from them; the
+    # sanity-check validation is made RNG-neutral so it cannot shift them.
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = _rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_states" in checkpoint:
+            _set_rng_states(checkpoint["rng_states"])
+
+    def on_validation_start(self) -> None:
+        if self.trainer.sanity_checking:
+            self._rng_before_sanity_check = _rng_states()
+
+    def on_validation_end(self) -> None:
+        if self.trainer.sanity_checking:
+            _set_rng_states(self._rng_before_sanity_check)
+
+
+def _rng_states() -> dict[str, Any]:
+    """The torch, numpy and python global RNG states as tensors and plain (weights-only) values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 (global stream)
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_states(states: Mapping[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))  # noqa: NPY002
+    random.setstate(states["python"])
+
+
+def _resolve_tasks(tasks: Sequence[str | Task], targets: Mapping[str, TargetSpec]) -> dict:
+    if isinstance(tasks, str):
+        tasks = [t for t in tasks.split(",") if t]
+    if not tasks:
+        raise ValueError("tasks is empty: give at least one task key")
+    resolved: dict[str, Task] = {}
+    for task in tasks:
+        if isinstance(task, str):
+            if not targets:
+                raise ValueError(
+                    f"task {task!r} is a key: pass targets=datamodule.targets (the CLI links it) "
+                    "or Task objects"
+                )
+            task = build_task(task, targets)
+        if task.key in resolved:
+            raise ValueError(f"task {task.key!r} is listed twice")
+        resolved[task.key] = task
+    return resolved
+
+
+def _check_sparsity_options(
+    lambda_: float,
+    prox: str,
+    penalty: str,
+    group_by: str,
+    prox_start_epoch: int,
+    param_groups: Mapping[str, Any] | None,
+) -> None:
+    if not lambda_ >= 0:
+        raise ValueError(f"lambda_ must be >= 0 (0 = dense), got {lambda_!r}")
+    if prox not in PROXES:
+        raise ValueError(f"unknown prox {prox!r}; allowed: {list(PROXES)}")
+    if penalty not in PENALTIES:
+        raise ValueError(f"unknown penalty {penalty!r}; allowed: {list(PENALTIES)}")
+    if group_by not in GROUP_BY:
+        raise ValueError(f"unknown group_by {group_by!r}; allowed: {list(GROUP_BY)}")
+    if prox_start_epoch < 0:
+        raise ValueError(f"prox_start_epoch must be >= 0, got {prox_start_epoch}")
+    unknown = sorted(set(param_groups or {}) - set(PARAM_GROUPS))
+    if unknown:
+        raise ValueError(
+            f"param_groups has unknown groups {unknown}; the groups are {list(PARAM_GROUPS)}"
+        )

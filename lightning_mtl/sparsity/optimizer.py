@@ -1,0 +1,155 @@
+"""ProxAdamW: AdamW followed, inside the same `step()`, by the sparsity prox."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_mtl.sparsity import prox as proxes
+from lightning_mtl.sparsity.groups import check_group_by, group_size
+
+PROXES: tuple[str, ...] = ("adaptive", "euclidean")
+PENALTIES: tuple[str, ...] = ("group_lasso", "l1")
+#: The prox works on blocks of whole groups of about this many elements: the adaptive solver
+#: makes several passes over its scratch tensors, which then stay in the CPU cache.
+PROX_BLOCK_ELEMENTS = 1 << 17
+_GROUP_DIM = {"in_channel": 1, "out_channel": 0}
+
+
+class ProxAdamW(torch.optim.AdamW):
+    """`torch.optim.AdamW` whose step ends with the proximal step of a sparsity penalty.
+
+    The Adam(W) update is torch's own (same defaults, same decoupled weight decay), so with
+    `lambda_=0` this *is* AdamW. Then, for every 4-D weight in a param group with `lambda_ > 0`
+    that received a gradient, the penalty's prox is applied with step α = lr:
+
+    - `penalty="group_lasso"` (λ Σ_g √p_g ‖W_g‖, groups chosen by `group_by`):
+      `prox="euclidean"` is the closed form W_g·max(0, 1 − α λ √p_g/‖W_g‖);
+      `prox="adaptive"` is the prox in Adam's own metric d = √v̂ + ε (the exact denominator of
+      the step just taken), see `prox.group_lasso_adaptive`.
+    - `penalty="l1"` (λ‖W‖₁) soft-thresholds each element by α λ (euclidean) or α λ / d_i.
+
+    Because the prox lives in `step()`, it runs exactly once per real optimizer step: under
+    gradient accumulation, AMP-skipped steps, DDP (identical on every rank) and resume.
+    Every option may be overridden per param group; BN/bias/1-D params are never proxed.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        lambda_: float = 0.0,
+        prox: str = "adaptive",
+        group_by: str = "in_channel",
+        penalty: str = "group_lasso",
+        amsgrad: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+    ) -> None:
+        self._prox_defaults = {
+            "lambda_": lambda_,
+            "prox": prox,
+            "group_by": group_by,
+            "penalty": penalty,
+        }
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            foreach=foreach,
+            fused=fused,
+        )
+        for key, value in self._prox_defaults.items():
+            self.defaults[key] = value
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        for key, value in self._prox_defaults.items():
+            param_group.setdefault(key, value)
+        _check_prox_options(param_group)
+        super().add_param_group(param_group)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = super().step(closure)
+        self.apply_prox()
+        return loss
+
+    @torch.no_grad()
+    def apply_prox(self) -> None:
+        """The prox of every group with `lambda_ > 0`, using the state of the Adam step just taken.
+
+        Called by `step()`; public so a caller that changed parameters outside `step()` (the
+        meta-sparsity outer update) can re-apply it.
+        """
+        for group in self.param_groups:
+            _check_prox_options(group)
+            if group["lambda_"] == 0:
+                continue
+            for p in group["params"]:
+                state = self.state.get(p)
+                if p.dim() == 4 and state:
+                    self._prox_parameter(p, group, state)
+
+    def _prox_parameter(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
+        """Prox one weight, a block of groups at a time so the solver's scratch stays in cache."""
+        step_size = group["lr"] * group["lambda_"]
+        group_by = group["group_by"]
+        v = state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"]
+        bias_correction2_sqrt = _bias_correction2_sqrt(group["betas"][1], state["step"])
+        for block in _group_blocks(p.shape, group_by):
+            z = p[block].contiguous()  # a copy only for input-channel blocks of a large layer
+            d = None
+            if group["prox"] == "adaptive":  # √v̂ + ε, exactly the Adam step's denominator
+                d = (v[block].sqrt() / bias_correction2_sqrt).add_(group["eps"])
+            p[block] = _prox_(z, d, step_size, group["penalty"], group_by)
+
+
+def _group_blocks(shape: torch.Size, group_by: str) -> list[tuple[slice, ...]]:
+    """Index tuples cutting a [O, I, kh, kw] weight into blocks of whole groups."""
+    dim = _GROUP_DIM[group_by]
+    groups = shape[dim]
+    per_block = max(1, PROX_BLOCK_ELEMENTS * groups // math.prod(shape))
+    lead = (slice(None),) * dim
+    return [(*lead, slice(i, i + per_block)) for i in range(0, groups, per_block)]
+
+
+def _bias_correction2_sqrt(beta2: float, step: Tensor) -> float | Tensor:
+    """√(1 − β₂^t) computed as AdamW computes it: in Python floats unless the step lives on an
+    accelerator (fused/capturable AdamW), where reading it would synchronise."""
+    if step.device.type == "cpu":
+        return math.sqrt(1 - beta2 ** step.item())
+    return (1 - beta2**step).sqrt()
+
+
+def _prox_(z: Tensor, d: Tensor | None, step_size: float, penalty: str, group_by: str) -> Tensor:
+    """The prox of `penalty` in the metric `d` (None = euclidean); may work in place on z, d."""
+    if penalty == "l1":
+        return proxes.l1(z, step_size if d is None else step_size / d)
+    threshold = step_size * math.sqrt(group_size(z, group_by))
+    if d is None:
+        return proxes.group_lasso_euclidean(z, threshold, group_by)
+    proxes.group_lasso_adaptive_(z, d, threshold, group_by)
+    return z
+
+
+def _check_prox_options(group: dict[str, Any]) -> None:
+    lam = group["lambda_"]
+    if isinstance(lam, Tensor):
+        lam = float(lam)
+    if not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"lambda_ must be a finite number >= 0, got {group['lambda_']!r}")
+    if group["prox"] not in PROXES:
+        raise ValueError(f"unknown prox {group['prox']!r}; allowed: {list(PROXES)}")
+    if group["penalty"] not in PENALTIES:
+        raise ValueError(f"unknown penalty {group['penalty']!r}; allowed: {list(PENALTIES)}")
+    check_group_by(group["group_by"])

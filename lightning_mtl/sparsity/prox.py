@@ -1,0 +1,97 @@
+"""Proximal operators of the sparsity penalties, for one weight tensor at a time.
+
+Each function maps the point `z` reached by the gradient step to the penalised point, for all
+groups of the tensor at once (no per-group Python loop, no host synchronisation). They are plain
+tensor expressions, so `group_lasso_euclidean` is differentiable almost everywhere, which the
+meta-sparsity inner loop relies on. A NaN in `z` stays NaN; it never becomes a zero group.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_mtl.sparsity.groups import check_group_by
+
+#: Newton steps of the adaptive prox. The start point is a lower bound of the root and the
+#: iteration is monotone and quadratically convergent from there (see `group_lasso_adaptive`).
+ADAPTIVE_NEWTON_STEPS = 4
+
+
+def group_sum(x: Tensor, group_by: str) -> Tensor:
+    """Per-group sums of a [O, I, kh, kw] tensor, shaped to broadcast against it.
+
+    Input-channel groups reduce over the outer dim, done as a matrix-vector product over the
+    contiguous rows: several times faster on CPU than a strided `sum(dim=(0, 2, 3))`.
+    """
+    check_group_by(group_by)
+    out_ch, in_ch = x.shape[:2]
+    if group_by == "out_channel":
+        return x.reshape(out_ch, -1).sum(1).view(out_ch, 1, 1, 1)
+    ones = x.new_ones(out_ch)
+    return (ones @ x.reshape(out_ch, -1)).view(in_ch, -1).sum(1).view(1, in_ch, 1, 1)
+
+
+def group_lasso_euclidean(z: Tensor, threshold: Tensor | float, group_by: str) -> Tensor:
+    """W_g = Z_g · max(0, 1 − t/‖Z_g‖), with t = step·λ·√p_g."""
+    norm = group_sum(z.square(), group_by).sqrt()
+    scale = (1 - threshold / norm.clamp_min(torch.finfo(z.dtype).tiny)).clamp_min(0)
+    return z * scale
+
+
+def group_lasso_adaptive(
+    z: Tensor,
+    d: Tensor,
+    threshold: Tensor | float,
+    group_by: str,
+    newton_steps: int = ADAPTIVE_NEWTON_STEPS,
+) -> Tensor:
+    """Group-lasso prox in the diagonal metric D = diag(d) (Deleu & Bengio 2021).
+
+    Solves min_W (1/2)‖W − Z‖²_D + t‖W‖ for every group, t = step·λ·√p_g. The group is zero iff
+    ‖D Z‖ ≤ t; otherwise W_i = Z_i·θ/(θ + c_i) with c_i = t/d_i and θ = ‖W‖ > 0 the root of
+    Σ Z_i²/(θ + c_i)² = 1. See `group_lasso_adaptive_` for the solver.
+    """
+    w = z.clone()
+    group_lasso_adaptive_(w, d.clone(), threshold, group_by, newton_steps)
+    return w
+
+
+def group_lasso_adaptive_(
+    z: Tensor,
+    d: Tensor,
+    threshold: Tensor | float,
+    group_by: str,
+    newton_steps: int = ADAPTIVE_NEWTON_STEPS,
+) -> Tensor:
+    """In place: z ← the adaptive prox of z (d is used as scratch). Returns θ, the group norms.
+
+    Newton runs on h(θ) = (Σ Z_i²/(θ + c_i)²)^(−1/2), concave and increasing in θ (a weighted
+    power mean of θ + c_i), from θ₀ = max(0, ‖Z‖ − Σ Z_i²c_i/‖Z‖²), a lower bound of the root
+    (the arithmetic mean bounds that power mean). Tangents of a concave function lie above it,
+    so every iterate stays left of the root and converges to it quadratically; one step is exact
+    when all c_i are equal. A zero group has h(0) ≥ 1, so θ₀ = 0 and every step is ≤ 0: the
+    group comes out exactly zero without a separate test. (A warm start from the previous
+    step's θ was tried: it lands right of the root while groups shrink fast, and converges
+    worse.)
+    """
+    q = z.square()
+    c = d.reciprocal_().mul_(threshold)
+    r = torch.empty_like(z)  # 1/(θ + c): one division per step, the rest multiplies
+    u = torch.empty_like(z)
+    q_sum = group_sum(q, group_by)
+    mean_c = group_sum(torch.mul(q, c, out=u), group_by) / q_sum.clamp_min(1e-38)
+    theta = (q_sum.sqrt() - mean_c).clamp_min(0)
+    for _ in range(newton_steps):
+        torch.add(c, theta, out=r).reciprocal_()
+        s = group_sum(torch.mul(q, r, out=u).mul_(r), group_by)  # S(θ) = Σ q/(θ+c)²
+        t3 = group_sum(u.mul_(r), group_by)  # Σ q/(θ+c)³ = −S'(θ)/2
+        # h(θ) = S^(−1/2), h'(θ) = S^(−3/2)·Σ q/(θ+c)³: θ ← θ + (1 − h)/h'
+        theta = (theta + (s * s.sqrt() - s) / t3.clamp_min(1e-38)).clamp_min(0)
+    z.mul_(torch.add(c, theta, out=r).reciprocal_().mul_(theta))
+    return theta
+
+
+def l1(z: Tensor, threshold: Tensor | float) -> Tensor:
+    """Elementwise soft threshold sign(Z)·max(0, |Z| − t) (the unstructured baseline)."""
+    return z.sign() * (z.abs() - threshold).clamp_min(0)

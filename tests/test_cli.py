@@ -1,0 +1,95 @@
+"""The `lightning-mtl` command: LightningCLI on the experiment YAMLs, run folders, W&B offline."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_mtl.cli import main
+from tests.wandb_records import history_keys
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--model.backbone_options", "{width: 8, layers: [1, 1, 1, 1]}",
+    "--model.head_channels", "8",
+    "--data.init_args.image_size", "[32, 32]",
+    "--data.init_args.batch_size", "4",
+    "--data.init_args.num_train", "8",
+    "--data.init_args.num_val", "4",
+    "--data.init_args.num_workers", "0",
+    "--trainer.max_epochs", "1",
+    "--trainer.log_every_n_steps", "1",
+    "--trainer.callbacks", "[]",
+]  # fmt: skip
+
+
+def test_help_lists_every_subcommand(capsys):
+    main(["--help"])
+    out = capsys.readouterr().out
+    for name in ("fit", "validate", "test", "predict", "bench"):
+        assert f"\n  {name} " in out
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "experiments").glob("*.yaml")))
+def test_experiment_configs_print(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["tasks"]
+    assert printed["data"]["class_path"].startswith("datamodules.")
+
+
+def test_fit_writes_the_run_folder_and_an_offline_wandb_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    main(
+        [
+            "fit",
+            "--config", str(ROOT / "experiments" / "synthetic.yaml"),
+            "--model.tasks", "[seg, depth]",
+            "--model.lambda_", "0.05",
+            "--run.root", str(tmp_path),
+            "--run.name", "smoke",
+            *TINY,
+        ]
+    )  # fmt: skip
+    run = tmp_path / "smoke"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "sparsity.png").stat().st_size > 0
+    assert (run / "samples.png").stat().st_size > 0
+    assert (run / "config.yaml").is_file()
+    with open(run / "metrics.csv") as f:
+        csv_keys = set(next(csv.reader(f)))
+    assert {"train/loss", "train/seg/loss", "val/depth/abs_err", "sparsity/group_pct"} <= csv_keys
+    assert "train/normal/loss" not in csv_keys, "TASKS selects the tasks"
+
+    wandb_files = list(run.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(wandb_files) == 1
+    keys = history_keys(wandb_files[0])
+    expected = {"train/loss", "train/seg/loss", "weights/depth", "lambda", "val/seg/miou"}
+    expected |= {"sparsity/group_pct", "sparsity/param_pct", "sparsity/layer/layer4.0.conv2"}
+    assert expected <= keys, expected - keys
+
+    out = capsys.readouterr().out
+    assert "run summary" in out
+    assert "% group sparsity" in out
+    assert f"run folder: {run}\n" in out
+
+
+def test_unknown_task_fails_at_start_up_listing_what_exists(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"cannot provide \['sonar'\]; available targets: \[.*'depth'"
+    ):
+        main(
+            [
+                "fit",
+                "--config", str(ROOT / "experiments" / "synthetic.yaml"),
+                "--model.tasks", "[seg, sonar]",
+                "--run.root", str(tmp_path),
+                *TINY,
+            ]
+        )  # fmt: skip
