@@ -139,6 +139,8 @@ def wandb_offline() -> bool:
 
 
 def _fit_cli(args: Sequence[str]) -> None:
+    # the run summary says where the W&B run is and how to sync it; wandb's own banner is noise
+    os.environ.setdefault("WANDB_QUIET", "true")
     LightningMTLCLI(
         MultiTaskLightningModule,
         LightningDataModule,

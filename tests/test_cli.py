@@ -78,6 +78,7 @@ def test_fit_writes_the_run_folder_and_an_offline_wandb_run(tmp_path, capsys, mo
     assert "run summary" in out
     assert "% group sparsity" in out
     assert f"run folder: {run}\n" in out
+    assert f"W&B run: {wandb_files[0].parent} (offline; upload with `wandb sync" in out
 
 
 def test_unknown_task_fails_at_start_up_listing_what_exists(tmp_path):

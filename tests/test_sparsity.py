@@ -44,11 +44,11 @@ def _adaptive_case(seed: int, dtype=torch.float64):
 @pytest.mark.parametrize("group_by", GROUP_BYS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize(
-    ("newton_steps", "tolerance"), [(prox.ADAPTIVE_NEWTON_STEPS, 1e-5), (8, 1e-12)]
+    ("newton_steps", "tolerance"), [(prox.ADAPTIVE_NEWTON_STEPS, 1e-5), (None, 1e-12)]
 )
 def test_adaptive_prox_satisfies_kkt(group_by, seed, newton_steps, tolerance):
-    """The default steps reach float32 precision on a metric spanning ~4 decades inside a
-    group; more steps converge to float64 precision."""
+    """The fixed step count of accelerators reaches float32 precision on a metric spanning ~4
+    decades inside a group; on CPU the solver iterates to the dtype's (here float64) precision."""
     z, d = _adaptive_case(seed)
     dz_norms = torch.stack(
         [
@@ -184,7 +184,9 @@ def test_step_is_adamw_step_then_prox(prox_name, penalty, block_elements, monkey
                 else:
                     p.copy_(prox.group_lasso_adaptive(p, d, t, "in_channel"))
         for p, q in zip(a, b, strict=True):
-            torch.testing.assert_close(q, p, rtol=0, atol=0)
+            # the adaptive solver stops per block once converged: equal to float precision
+            exact = prox_name == "euclidean" or penalty == "l1"
+            torch.testing.assert_close(q, p, rtol=0 if exact else 1e-6, atol=0 if exact else 1e-9)
     assert torch.equal(b[2], a[2]), "1-D parameters are never proxed"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.loggers import WandbLogger
 from rich.console import Console
 from rich.table import Table
 
@@ -13,7 +14,7 @@ from lightning_mtl.sparsity import sparsity_stats
 
 class RunSummary(L.Callback):
     """At the end of `fit`, print per-task validation metrics, % group and % parameter sparsity
-    of the grouped convs, parameter counts, and the run folder with its checkpoint."""
+    of the grouped convs, parameter counts, the run folder, its checkpoint and its W&B run."""
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -26,6 +27,12 @@ class RunSummary(L.Callback):
         checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "")
         if checkpoint:
             console.print(f"checkpoint: {checkpoint}", soft_wrap=True)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                run = logger.experiment
+                where = Path(run.dir).parent
+                hint = f" (offline; upload with `wandb sync {where}`)" if run.offline else ""
+                console.print(f"W&B run: {where}{hint}", soft_wrap=True)
 
     @staticmethod
     def table(trainer: L.Trainer, pl_module: L.LightningModule) -> Table:
@@ -33,7 +40,7 @@ class RunSummary(L.Callback):
         stats = sparsity_stats(pl_module.sparse_weights(), pl_module.hparams.get("group_by"))
         params = sum(p.numel() for p in pl_module.parameters())
         nonzero = sum(int(p.count_nonzero()) for p in pl_module.parameters())
-        table = Table(title=f"lightning-mtl run summary (epoch {trainer.current_epoch})")
+        table = Table(title=f"lightning-mtl run summary after {trainer.current_epoch} epochs")
         table.add_column("what")
         table.add_column("value", justify="right")
         for key in sorted(metrics):

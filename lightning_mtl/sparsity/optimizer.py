@@ -16,7 +16,7 @@ PROXES: tuple[str, ...] = ("adaptive", "euclidean")
 PENALTIES: tuple[str, ...] = ("group_lasso", "l1")
 #: The prox works on blocks of whole groups of about this many elements: the adaptive solver
 #: makes several passes over its scratch tensors, which then stay in the CPU cache.
-PROX_BLOCK_ELEMENTS = 1 << 17
+PROX_BLOCK_ELEMENTS = 1 << 19
 _GROUP_DIM = {"in_channel": 1, "out_channel": 0}
 
 
@@ -138,8 +138,7 @@ def _prox_(z: Tensor, d: Tensor | None, step_size: float, penalty: str, group_by
     threshold = step_size * math.sqrt(group_size(z, group_by))
     if d is None:
         return proxes.group_lasso_euclidean(z, threshold, group_by)
-    proxes.group_lasso_adaptive_(z, d, threshold, group_by)
-    return z
+    return proxes.group_lasso_adaptive_(z, d, threshold, group_by)
 
 
 def _check_prox_options(group: dict[str, Any]) -> None:
