@@ -137,22 +137,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     table = Table(
         title=f"prox cost, dilated {args.backbone}, {device.type}, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads",
+        caption=f"optimizer steps on the {opt['convs']} convs ({opt['params']:,} weights); "
+        f"training step {args.image_size}², batch {args.batch_size}, seg+depth+normal heads",
     )
     table.add_column("measurement")
     table.add_column("ms", justify="right")
     table.add_column("ratio", justify="right")
     for name in ("AdamW", "ProxAdamW adaptive", "ProxAdamW euclidean"):
-        table.add_row(
-            f"optimizer step, {opt['convs']} convs ({opt['params']:,} weights): {name}",
-            f"{opt[name]:.1f}",
-            f"{opt[name] / opt['AdamW']:.2f}×",
-        )
-    table.add_row(
-        f"training step, {args.image_size}², batch {args.batch_size}, 3 heads",
-        f"{step['training step']:.1f}",
-        "",
-    )
-    table.add_row("adaptive prox inside it", f"{step['prox']:.1f}", f"{100 * step['share']:.2f}%")
+        table.add_row(f"{name} step", f"{opt[name]:.1f}", f"{opt[name] / opt['AdamW']:.2f}×")
+    table.add_row("training step (fwd+bwd+ProxAdamW)", f"{step['training step']:.1f}", "")
+    table.add_row("adaptive prox share of it", f"{step['prox']:.1f}", f"{100 * step['share']:.2f}%")
     Console().print(table)
     return {"optimizer_step": opt, "training_step": step}

@@ -1,0 +1,19 @@
+"""`lightning-mtl bench` runs end to end (tiny sizes) and reports consistent ratios."""
+
+from __future__ import annotations
+
+import pytest
+
+from lightning_mtl.benchmark import main
+
+
+def test_bench_reports_the_prox_cost(capsys):
+    tiny = ["--backbone", "resnet18", "--image-size", "32", "--head-channels", "8"]
+    result = main([*tiny, "--rounds", "1", "--min-run-time", "0.05"])
+    opt, step = result["optimizer_step"], result["training_step"]
+    assert opt["convs"] == 20
+    assert all(opt[k] > 0 for k in ("AdamW", "ProxAdamW adaptive", "ProxAdamW euclidean"))
+    assert step["share"] == pytest.approx(step["prox"] / step["training step"])
+    out = capsys.readouterr().out
+    assert "ProxAdamW adaptive step" in out
+    assert "adaptive prox share of it" in out
