@@ -101,11 +101,16 @@ class MultiTaskLightningModule(L.LightningModule):
     @property
     def current_lambda(self) -> float:
         """λ the optimizer applies now (0 during warm-up)."""
-        if self.trainer is not None and self.trainer.optimizers:
-            for group in self.trainer.optimizers[0].param_groups:
+        group = self._sparse_param_group()
+        return float(self.hparams.lambda_ if group is None else group["lambda_"])
+
+    def _sparse_param_group(self) -> dict[str, Any] | None:
+        """The optimizer's `sparse_convs` param group, once a Trainer has built the optimizer."""
+        for optimizer in self._trainer.optimizers if self._trainer is not None else []:
+            for group in optimizer.param_groups:
                 if group.get("name") == "sparse_convs":
-                    return float(group.get("lambda_", 0.0))
-        return float(self.hparams.lambda_)
+                    return group
+        return None
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -157,7 +162,7 @@ class MultiTaskLightningModule(L.LightningModule):
         groups: dict[str, dict[str, Any]] = {
             "sparse_convs": {
                 "params": sparse,
-                "lambda_": hp.lambda_ if hp.prox_start_epoch == 0 else 0.0,
+                "lambda_": hp.lambda_,  # 0 during warm-up: see on_train_epoch_start
                 "prox": hp.prox,
                 "penalty": hp.penalty,
                 "group_by": hp.group_by,
@@ -186,11 +191,10 @@ class MultiTaskLightningModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         """Switch the prox on once the warm-up epochs are over."""
-        active = self.current_epoch >= self.hparams.prox_start_epoch
-        for optimizer in self.trainer.optimizers:
-            for group in optimizer.param_groups:
-                if group.get("name") == "sparse_convs":
-                    group["lambda_"] = self.hparams.lambda_ if active else 0.0
+        group = self._sparse_param_group()
+        if group is not None:
+            active = self.current_epoch >= self.hparams.prox_start_epoch
+            group["lambda_"] = self.hparams.lambda_ if active else 0.0
 
     # -- exact resume ------------------------------------------------------------------------
     # The global RNG streams (shuffling, dropout) are checkpointed and restored when the
