@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-TASKS     ?= seg,depth,normal
+TASKS     ?=
 DATA      ?= synthetic
 CONFIG    ?= experiments/$(DATA).yaml
 LOGGER    ?= wandb
@@ -14,7 +14,8 @@ DATA_ROOT ?=
 NAME      ?=
 ARGS      ?=
 
-TRAIN_FLAGS := --config $(CONFIG) --model.tasks '[$(TASKS)]' --run.logger $(LOGGER) \
+TRAIN_FLAGS := --config $(CONFIG) --run.logger $(LOGGER) \
+	$(if $(TASKS),--model.tasks '[$(TASKS)]') \
 	$(if $(EPOCHS),--trainer.max_epochs $(EPOCHS)) \
 	$(if $(LAMBDA),--model.lambda_ $(LAMBDA)) \
 	$(if $(DATA_ROOT),--data.init_args.root $(DATA_ROOT)) \

@@ -1,5 +1,7 @@
 """LightningDataModules yielding dict batches: `image` plus one key per provided target."""
 
+from .celebamask import CelebAMaskHQDataModule
+from .nyuv2 import NYUv2DataModule
 from .synthetic import SyntheticDataModule
 
-__all__ = ["SyntheticDataModule"]
+__all__ = ["CelebAMaskHQDataModule", "NYUv2DataModule", "SyntheticDataModule"]

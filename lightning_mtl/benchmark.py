@@ -12,7 +12,10 @@ machine noise hits them alike. Absolute times are not comparable between runs; r
 from __future__ import annotations
 
 import argparse
+import tempfile
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -73,7 +76,7 @@ def optimizer_step(backbone: str, device: torch.device, rounds: int, min_run_tim
 
 def training_step_share(
     backbone: str,
-    image_size: int,
+    image_size: tuple[int, int],
     batch_size: int,
     head_channels: int,
     device: torch.device,
@@ -92,9 +95,9 @@ def training_step_share(
     dense = [p for p in model.parameters() if id(p) not in convs]
     opt = ProxAdamW([{"params": sparse, "lambda_": 1e-4}, {"params": dense}], eps=1e-6)
     gen = torch.Generator().manual_seed(0)
-    images = torch.rand(batch_size, 3, image_size, image_size, generator=gen).to(device)
+    images = torch.rand(batch_size, 3, *image_size, generator=gen).to(device)
     targets = {
-        k: torch.randn(batch_size, c, image_size, image_size, generator=gen).to(device)
+        k: torch.randn(batch_size, c, *image_size, generator=gen).to(device)
         for k, c in (("seg", 13), ("depth", 1), ("normal", 3))
     }
 
@@ -114,27 +117,60 @@ def training_step_share(
     return {**times, "share": times["prox"] / times["training step"]}
 
 
+def data_throughput(
+    image_size: tuple[int, int], batch_size: int, num_workers: int, num_images: int
+) -> float:
+    """Images/s of the NYU-v2 loader (mtan files, augmentation on) after worker start-up."""
+    from datamodules.nyuv2 import NYUv2DataModule, write_synthetic_nyuv2
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "nyuv2"
+        write_synthetic_nyuv2(root, "mtan", num_images, max(1, num_images // 4), image_size, 0)
+        data = NYUv2DataModule(
+            str(root),
+            tasks=["seg", "depth", "normal"],
+            batch_size=batch_size,
+            num_workers=num_workers,
+            image_size=image_size,
+            augment=True,
+        )
+        data.setup("fit")
+        loader = data.train_dataloader()
+        next(iter(loader))  # worker start-up is not throughput
+        start, seen = time.perf_counter(), 0
+        for batch in loader:
+            seen += batch["image"].shape[0]
+        return seen / (time.perf_counter() - start)
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="lightning-mtl bench", description=__doc__.split("\n")[0])
     parser.add_argument("--backbone", default="resnet50")
-    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--image-size", type=int, default=256, help="side of the prox-share step")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--head-channels", type=int, default=256)
+    parser.add_argument("--data-size", type=int, nargs=2, default=[288, 384], metavar=("H", "W"))
+    parser.add_argument("--data-workers", type=int, default=2)
+    parser.add_argument("--data-images", type=int, default=64, help="synthetic NYU-v2 images")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per timing")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    square = (args.image_size, args.image_size)
+    data_size = tuple(args.data_size)
 
     opt = optimizer_step(args.backbone, device, args.rounds, args.min_run_time)
+    rounds = max(1, args.rounds // 2)
     step = training_step_share(
-        args.backbone,
-        args.image_size,
-        args.batch_size,
-        args.head_channels,
-        device,
-        max(1, args.rounds // 2),
+        args.backbone, square, args.batch_size, args.head_channels, device, rounds
     )
+    data_step = training_step_share(
+        args.backbone, data_size, args.batch_size, args.head_channels, device, 1
+    )
+    train_images_s = args.batch_size / (data_step["training step"] / 1e3)
+    loader_images_s = data_throughput(data_size, 8, args.data_workers, args.data_images)
+
     table = Table(
         title=f"prox cost, dilated {args.backbone}, {device.type}, "
         f"{torch.get_num_threads()} threads",
@@ -148,5 +184,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
         table.add_row(f"{name} step", f"{opt[name]:.1f}", f"{opt[name] / opt['AdamW']:.2f}×")
     table.add_row("training step (fwd+bwd+ProxAdamW)", f"{step['training step']:.1f}", "")
     table.add_row("adaptive prox share of it", f"{step['prox']:.1f}", f"{100 * step['share']:.2f}%")
-    Console().print(table)
-    return {"optimizer_step": opt, "training_step": step}
+    data_table = Table(
+        title=f"data pipeline vs training step, {data_size[0]}×{data_size[1]}",
+        caption=f"NYU-v2 loader (mtan files, augmentation on, {args.data_workers} workers, "
+        f"batch 8) vs the training step above at batch {args.batch_size}",
+    )
+    data_table.add_column("measurement")
+    data_table.add_column("images/s", justify="right")
+    data_table.add_row("NYU-v2 loader", f"{loader_images_s:.1f}")
+    data_table.add_row("training step consumes", f"{train_images_s:.2f}")
+    data_table.add_row("loader / training", f"{loader_images_s / train_images_s:.1f}×")
+    console = Console()
+    console.print(table)
+    console.print(data_table)
+    return {
+        "optimizer_step": opt,
+        "training_step": step,
+        "data": {"loader_images_s": loader_images_s, "train_images_s": train_images_s},
+    }

@@ -157,8 +157,15 @@ def _bench(args: Sequence[str]) -> None:
     bench_main(list(args))
 
 
+def _data(args: Sequence[str]) -> None:
+    from datamodules.check import main as check_main
+
+    sys.exit(check_main(list(args)))
+
+
 JOBS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
     "bench": (_bench, "measure the prox optimizer step and its share of a training step"),
+    "data": (_data, "data check --data nyuv2|celebamask --root DIR: report every problem"),
 }
 
 HELP = """usage: lightning-mtl SUBCOMMAND [options]

@@ -9,11 +9,15 @@ from lightning_mtl.benchmark import main
 
 def test_bench_reports_the_prox_cost(capsys):
     tiny = ["--backbone", "resnet18", "--image-size", "32", "--head-channels", "8"]
-    result = main([*tiny, "--rounds", "1", "--min-run-time", "0.05"])
+    data = ["--data-size", "32", "48", "--data-workers", "0", "--data-images", "16"]
+    result = main([*tiny, *data, "--rounds", "1", "--min-run-time", "0.05"])
     opt, step = result["optimizer_step"], result["training_step"]
     assert opt["convs"] == 20
     assert all(opt[k] > 0 for k in ("AdamW", "ProxAdamW adaptive", "ProxAdamW euclidean"))
     assert step["share"] == pytest.approx(step["prox"] / step["training step"])
+    assert result["data"]["loader_images_s"] > 0
+    assert result["data"]["train_images_s"] > 0
     out = capsys.readouterr().out
     assert "ProxAdamW adaptive step" in out
     assert "adaptive prox share of it" in out
+    assert "NYU-v2 loader" in out

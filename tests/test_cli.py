@@ -17,8 +17,7 @@ TINY = [
     "--model.head_channels", "8",
     "--data.init_args.image_size", "[32, 32]",
     "--data.init_args.batch_size", "4",
-    "--data.init_args.num_train", "8",
-    "--data.init_args.num_val", "4",
+    "--data.init_args.synthesize", "8",
     "--data.init_args.num_workers", "0",
     "--trainer.max_epochs", "1",
     "--trainer.log_every_n_steps", "1",
@@ -54,6 +53,7 @@ def test_fit_writes_the_run_folder_and_an_offline_wandb_run(tmp_path, capsys, mo
             "--model.lambda_", "0.05",
             "--run.root", str(tmp_path),
             "--run.name", "smoke",
+            "--data.init_args.root", str(tmp_path / "synthetic-nyuv2"),
             *TINY,
         ]
     )  # fmt: skip
@@ -91,6 +91,7 @@ def test_unknown_task_fails_at_start_up_listing_what_exists(tmp_path):
                 "--config", str(ROOT / "experiments" / "synthetic.yaml"),
                 "--model.tasks", "[seg, sonar]",
                 "--run.root", str(tmp_path),
+                "--data.init_args.root", str(tmp_path / "synthetic-nyuv2"),
                 *TINY,
             ]
         )  # fmt: skip

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from lightning import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lightning_mtl.tasks.base import TargetSpec
 
+from ..base import MultiTaskDataModule, image_size_of
 from .sample import BINARY_LABELS, render_sample
 from .scene import CLASS_NAMES
 
@@ -50,7 +50,7 @@ class SyntheticDataset(Dataset):
         return {key: torch.from_numpy(np.asarray(sample[key])) for key in self.keys}
 
 
-class SyntheticDataModule(LightningDataModule):
+class SyntheticDataModule(MultiTaskDataModule):
     """Ray-cast rooms with random primitives: RGB, semantic labels, metric depth, normals that
     agree with the depth, edges and image-level labels, deterministic per `seed`.
 
@@ -73,18 +73,10 @@ class SyntheticDataModule(LightningDataModule):
         num_test: int = 128,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        tasks = list(TARGETS) if tasks is None else [tasks] if isinstance(tasks, str) else tasks
-        unknown = [t for t in tasks if t not in TARGETS]
-        if unknown:
-            raise ValueError(
-                f"synthetic data cannot provide {unknown}; available targets: {list(TARGETS)}"
-            )
-        image_size = tuple(image_size)
-        if len(image_size) != 2 or any(int(s) != s or s < 1 for s in image_size):
-            raise ValueError(f"image_size must be two positive ints (H, W), got {image_size}")
+        super().__init__(batch_size, num_workers)
+        self.tasks = self.select_tasks(tasks, TARGETS, "synthetic data")
+        self.image_size = image_size_of(image_size)
         counts = {
-            "batch_size": batch_size,
             "num_train": num_train,
             "num_val": num_val,
             "num_test": num_test,
@@ -92,17 +84,12 @@ class SyntheticDataModule(LightningDataModule):
         for name, value in counts.items():
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        if num_workers < 0 or seed < 0:
-            raise ValueError(f"num_workers and seed must be >= 0, got {num_workers} and {seed}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
         # `tasks` here are target keys; the model logs its own task list under the same name
         self.save_hyperparameters(ignore=["tasks"])
-        self.tasks = tuple(dict.fromkeys(tasks))
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.image_size = (int(image_size[0]), int(image_size[1]))
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.seed = seed
-        self.datasets: dict[str, SyntheticDataset] = {}
 
     @property
     def targets(self) -> dict[str, TargetSpec]:
@@ -115,26 +102,3 @@ class SyntheticDataModule(LightningDataModule):
             split: SyntheticDataset(split, n, self.tasks, self.image_size, self.seed)
             for split, n in self.sizes.items()
         }
-
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        dataset = self.datasets[split]
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")

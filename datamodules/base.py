@@ -1,0 +1,143 @@
+"""What every file-backed datamodule shares: the sample layout, the dataset, the loaders.
+
+A *reader* turns one sample record (file paths, an id, …) into numpy arrays in the
+**array layout**, which is what the joint transforms take:
+
+- `image` float32 [H,W,3] in [0,1];
+- `seg` int64 [H,W], 255 = ignore;
+- `depth` float32 [H,W] metres, 0 = invalid;
+- `normal` float32 [H,W,3] unit vectors, all-zero = invalid;
+- `edge` float32 [H,W] in {0,1};
+- each binary label a float32 scalar in {0,1}.
+
+`to_batch` turns that into the batch layout (channels first, torch tensors) that every
+datamodule returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from lightning import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+Arrays = dict[str, Any]
+Reader = Callable[[Any], Arrays]
+Transform = Callable[[Arrays], Arrays]
+
+#: keys whose arrays are [H,W,C] in the array layout and [C,H,W] in a batch
+_CHANNELS_LAST = ("image", "normal")
+#: keys whose arrays are [H,W] in the array layout and [1,H,W] in a batch
+_ADD_CHANNEL = ("depth", "edge")
+
+
+def to_batch(arrays: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Tensor]:
+    """One sample in the batch layout: `image` plus `keys`, channels first."""
+    out: dict[str, Tensor] = {}
+    for key in ("image", *keys):
+        value = np.asarray(arrays[key])
+        if key in _CHANNELS_LAST:
+            value = value.transpose(2, 0, 1)
+        elif key in _ADD_CHANNEL:
+            value = value[None]
+        dtype = np.int64 if key == "seg" else np.float32
+        out[key] = torch.from_numpy(np.array(value, dtype=dtype, order="C"))  # 0-d stays 0-d
+    return out
+
+
+class MultiTaskDataset(Dataset):
+    """Samples read by `reader` from `records`, optionally transformed, in the batch layout."""
+
+    def __init__(
+        self,
+        records: Sequence[Any],
+        reader: Reader,
+        keys: Sequence[str],
+        transform: Transform | None = None,
+    ) -> None:
+        self.records = list(records)
+        self.reader = reader
+        self.keys = tuple(keys)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        arrays = self.reader(self.records[index])
+        if self.transform is not None:
+            arrays = self.transform(arrays)
+        return to_batch(arrays, self.keys)
+
+
+def image_size_of(image_size: Sequence[int]) -> tuple[int, int]:
+    """`image_size` as (H, W) ints, or a ValueError saying what is expected."""
+    size = tuple(image_size)
+    if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
+        raise ValueError(f"image_size must be two positive ints (H, W), got {image_size}")
+    return int(size[0]), int(size[1])
+
+
+def seeded_split(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Indices 0..n-1 shuffled with `seed` and cut by `fractions` (summing to 1)."""
+    if not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"split fractions must sum to 1, got {list(fractions)}")
+    order = np.random.default_rng(seed).permutation(n)
+    cuts = np.round(np.cumsum(fractions)[:-1] * n).astype(int)
+    return np.split(order, cuts)
+
+
+class MultiTaskDataModule(LightningDataModule):
+    """Loaders and task selection shared by the datamodules.
+
+    Subclasses fill `self.datasets` ("train", "val", "test") in `setup()` and expose `targets`
+    (what they can provide, by batch key). The train loader shuffles and drops a last partial
+    batch; predict uses the test split.
+    """
+
+    def __init__(self, batch_size: int, num_workers: int) -> None:
+        super().__init__()
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(
+                f"need batch_size >= 1 and num_workers >= 0, got {batch_size} and {num_workers}"
+            )
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.datasets: dict[str, Dataset] = {}
+
+    def select_tasks(
+        self, tasks: Sequence[str] | str | None, targets: Mapping[str, Any], what: str
+    ) -> tuple[str, ...]:
+        """The requested target keys (`None` = all), or an error listing what `what` provides."""
+        tasks = list(targets) if tasks is None else [tasks] if isinstance(tasks, str) else tasks
+        unknown = [t for t in tasks if t not in targets]
+        if unknown:
+            raise ValueError(f"{what} cannot provide {unknown}; available targets: {list(targets)}")
+        return tuple(dict.fromkeys(tasks))
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        dataset = self.datasets[split]
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")

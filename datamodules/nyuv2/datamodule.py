@@ -1,0 +1,135 @@
+"""`NYUv2DataModule`: NYU-v2 from disk in the MTAN, NYUD-MT or PNG-export layout."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+from lightning_mtl.tasks.base import TargetSpec
+
+from ..base import MultiTaskDataModule, MultiTaskDataset, image_size_of, seeded_split
+from ..transforms import JointTransform
+from .formats import FORMATS
+from .reader import Layout, Sample, layout_of, resolve
+from .writer import write_synthetic_nyuv2
+
+
+class NYUv2DataModule(MultiTaskDataModule):
+    """NYU-v2 read strictly from `root` (see `formats` for the three layouts; `auto` detects).
+
+    Batch keys: `image` float32 [3,H,W] in [0,1]; `seg` int64 [H,W] (255 = unlabeled; 13 or 40
+    classes as stored, `num_classes` picks when both are); `depth` float32 [1,H,W] metres
+    (0 = invalid); `normal` float32 [3,H,W] unit (all-zero = invalid); `edge` float32 [1,H,W],
+    stored (NYUD-MT) or derived from the labels (`formats.label_edges`). Only `image` and the
+    requested `tasks` are in a batch (`None` = every target the root provides).
+
+    Splits: `test` is NYU's test split (MTAN's `val` folder); `val` is the format's own where
+    it has one (NYUD-MT `gt_sets/val.txt`), else `val_fraction` of train drawn with `seed`, so
+    models are never selected on the test set. Train samples are augmented jointly
+    (`JointTransform`) when `augment`; every split is resized to `image_size` (H, W).
+
+    `synthesize=N` makes `prepare_data` write N train + N//4 test synthetic scenes into `root`
+    in `format` (`mtan` for `auto`) when `root` does not exist yet.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        tasks: Sequence[str] | None = None,
+        format: str = "auto",
+        batch_size: int = 8,
+        num_workers: int = 0,
+        image_size: tuple[int, int] = (288, 384),
+        augment: bool = True,
+        num_classes: int | None = None,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        synthesize: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers)
+        if format != "auto" and format not in FORMATS:
+            raise ValueError(
+                f"unknown NYU-v2 format {format!r}; use 'auto' or one of {list(FORMATS)}"
+            )
+        self.image_size = image_size_of(image_size)
+        if seed < 0 or synthesize < 0:
+            raise ValueError(f"need seed, synthesize >= 0, got {seed}, {synthesize}")
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+        # `tasks` here are target keys; the model logs its own task list under the same name
+        self.save_hyperparameters(ignore=["tasks"])
+        self.root = Path(root)
+        self.format = format
+        self.augment = augment
+        self.num_classes = num_classes
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.synthesize = synthesize
+        self.layout = self._inspect()
+        self.tasks = self.select_tasks(tasks, self.layout.targets, f"NYU-v2 at {self.root}")
+
+    @property
+    def _write_format(self) -> str:
+        return "mtan" if self.format == "auto" else self.format
+
+    def _inspect(self) -> Layout:
+        """The root's layout (cheap: folders only), or the one `prepare_data` will write."""
+        if self.synthesize and not self.root.exists():
+            return layout_of(FORMATS[self._write_format], None, self.num_classes)
+        return resolve(self.root, self.format, self.num_classes)
+
+    @property
+    def targets(self) -> dict[str, TargetSpec]:
+        """Everything the root provides, by batch key (not only the requested tasks)."""
+        return self.layout.targets
+
+    def prepare_data(self) -> None:
+        """With `synthesize`, write the synthetic scenes once; a crash leaves no partial root."""
+        if not self.synthesize or self.root.exists():
+            return
+        partial_root = self.root.with_name(f".{self.root.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial_root, ignore_errors=True)
+        num_test = max(1, self.synthesize // 4)
+        write_synthetic_nyuv2(
+            partial_root, self._write_format, self.synthesize, num_test, self.image_size, self.seed
+        )
+        try:
+            partial_root.rename(self.root)
+        except OSError:
+            if not self.root.exists():  # else another process wrote it first
+                raise
+            shutil.rmtree(partial_root)
+
+    def _splits(self) -> dict[str, list[Sample]]:
+        splits = self.layout.samples()
+        if "val" not in splits:
+            train = splits["train"]
+            keep, val = seeded_split(
+                len(train), [1 - self.val_fraction, self.val_fraction], self.seed
+            )
+            splits["train"] = [train[i] for i in sorted(keep)]
+            splits["val"] = [train[i] for i in sorted(val)]
+        for split, samples in splits.items():
+            if not samples:
+                raise ValueError(
+                    f"NYU-v2 at {self.root}: the {split} split is empty (train has "
+                    f"{len(splits['train'])} samples, val_fraction={self.val_fraction})"
+                )
+        return splits
+
+    def setup(self, stage: str | None = None) -> None:
+        """List the samples of every split (cheap: files are read on access)."""
+        self.layout = resolve(self.root, self.format, self.num_classes)
+        reader = partial(self.layout.read, keys=self.tasks)
+        self.datasets = {
+            split: MultiTaskDataset(
+                samples,
+                reader,
+                self.tasks,
+                JointTransform(self.image_size, train=split == "train" and self.augment),
+            )
+            for split, samples in self._splits().items()
+        }

@@ -1,0 +1,333 @@
+"""The three NYU-v2 on-disk formats: detection, sample listing, and strict per-file decoding.
+
+Every decoder turns one file into the array layout of `datamodules.base` and rejects anything
+that would give a silently wrong sample (wrong shape, labels out of range, NaN/inf, truncated
+files); `Layout.load` re-raises every failure as `NYUv2DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from PIL import Image
+
+IGNORE_INDEX = 255
+
+
+class NYUv2DataError(ValueError):
+    """A file of an NYU-v2 root is missing, unreadable or holds unexpected values."""
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
+
+
+def _load_png(path: Path, modes: Sequence[str]) -> np.ndarray:
+    with Image.open(path) as im:
+        if im.mode not in modes:
+            raise ValueError(f"image mode {im.mode}, expected one of {list(modes)}")
+        im.load()
+        return np.asarray(im)
+
+
+def _channels_last(a: np.ndarray, c: int) -> np.ndarray:
+    """[H,W,c] from [H,W,c] or [c,H,W] (and from [H,W] when c == 1)."""
+    if a.ndim == 2 and c == 1:
+        return a[..., None]
+    if a.ndim == 3 and a.shape[-1] == c:
+        return a
+    if a.ndim == 3 and a.shape[0] == c:
+        return np.moveaxis(a, 0, -1)
+    raise ValueError(f"shape {a.shape}, expected [H,W,{c}] or [{c},H,W]")
+
+
+def _finite(a: np.ndarray) -> np.ndarray:
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise ValueError(f"dtype {a.dtype}, expected real numbers")
+    if not np.isfinite(a).all():
+        raise ValueError("contains NaN or inf")
+    return a.astype(np.float32)
+
+
+def image_from_float(a: np.ndarray) -> np.ndarray:
+    """A float image in [0,1], [H,W,3] or [3,H,W] (the MTAN npy)."""
+    a = _finite(_channels_last(a, 3))
+    if a.min() < 0 or a.max() > 1:
+        raise ValueError(f"values in [{a.min():.3g}, {a.max():.3g}], expected [0, 1]")
+    return a
+
+
+def image_from_uint8(a: np.ndarray) -> np.ndarray:
+    """An 8-bit RGB image → float [0,1]."""
+    return a.astype(np.float32) / 255.0
+
+
+def seg_from_labels(a: np.ndarray, ignore: int, first: int, num_classes: int) -> np.ndarray:
+    """Stored labels (`ignore` = unlabeled, `first`.. = classes) → 0..num_classes-1, 255."""
+    if a.ndim != 2:
+        raise ValueError(f"shape {a.shape}, expected [H,W]")
+    a = _finite(a)
+    last = first + num_classes - 1
+    bad = (a != np.round(a)) | (((a < first) | (a > last)) & (a != ignore))
+    if bad.any():
+        raise ValueError(f"label {a[bad].flat[0]:g} outside {ignore} (ignore) and {first}..{last}")
+    return np.where(a == ignore, IGNORE_INDEX, a - first).astype(np.int64)
+
+
+def depth_from_metres(a: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """Depth [H,W] (or with a unit channel) × `scale` → metres; 0 = invalid, negative rejected."""
+    a = _finite(_channels_last(a, 1)[..., 0]) * np.float32(scale)
+    if a.min() < 0:
+        raise ValueError(f"negative depth {a.min():g}, expected metres >= 0 (0 = invalid)")
+    return a
+
+
+def normal_from_float(a: np.ndarray) -> np.ndarray:
+    """Normals [H,W,3] or [3,H,W], unit vectors, all-zero = invalid."""
+    return _finite(_channels_last(a, 3))
+
+
+def normal_from_uint8(a: np.ndarray) -> np.ndarray:
+    """RGB png normals, n = v/127.5 − 1 re-normalised; v = (0,0,0) = invalid → 0."""
+    n = a.astype(np.float32) / 127.5 - 1.0
+    norm = np.linalg.norm(n, axis=-1, keepdims=True)
+    valid = a.any(axis=-1, keepdims=True) & (norm > 0)
+    return np.where(valid, n / np.where(valid, norm, 1.0), 0.0).astype(np.float32)
+
+
+def edge_from_binary(a: np.ndarray) -> np.ndarray:
+    """An edge map in {0,1}, [H,W] or with a unit channel."""
+    a = _finite(_channels_last(a, 1)[..., 0])
+    if not np.isin(a, (0, 1)).all():
+        raise ValueError("values other than 0 and 1")
+    return a
+
+
+def label_edges(seg: np.ndarray) -> np.ndarray:
+    """Edges derived from labels: 1 on both pixels of every 4-neighbour pair with different
+    labels, pairs touching an ignored (255) pixel excluded (2 px wide, flip-symmetric)."""
+    valid = seg != IGNORE_INDEX
+    e = np.zeros(seg.shape, dtype=bool)
+    dv = (seg[1:] != seg[:-1]) & valid[1:] & valid[:-1]
+    dh = (seg[:, 1:] != seg[:, :-1]) & valid[:, 1:] & valid[:, :-1]
+    e[1:] |= dv
+    e[:-1] |= dv
+    e[:, 1:] |= dh
+    e[:, :-1] |= dh
+    return e.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Field:
+    """How one key is stored: `pattern` (relative to the root, with `{split}` and `{id}`), what
+    the file must hold (for errors), and how to read it (`read(path)` → array layout)."""
+
+    pattern: str
+    expected: str
+    read: Callable[[Path], np.ndarray]
+
+    def path(self, root: Path, split_dir: str, sample_id: str) -> Path:
+        return root / self.pattern.format(split=split_dir, id=sample_id)
+
+
+def _apply(load: Callable[[Path], np.ndarray], convert: Callable, path: Path) -> np.ndarray:
+    return convert(load(path))
+
+
+def _npy(convert: Callable[[np.ndarray], np.ndarray]) -> Callable[[Path], np.ndarray]:
+    """A picklable reader: `convert(np.load(path))`."""
+    return partial(_apply, _load_npy, convert)
+
+
+def _png(convert: Callable[[np.ndarray], np.ndarray], *modes: str) -> Callable[[Path], np.ndarray]:
+    """A picklable reader: `convert` of a png/jpg of one of `modes`."""
+    return partial(_apply, partial(_load_png, modes=modes), convert)
+
+
+# --- formats --------------------------------------------------------------------------------
+
+
+class NYUv2Format(ABC):
+    """One on-disk layout: what marks it, its files per key, its sample ids per split."""
+
+    name: ClassVar[str]
+    #: relative paths that must all exist for auto-detection
+    required: ClassVar[tuple[str, ...]]
+    #: the files it needs, for error messages
+    layout: ClassVar[str]
+    #: our split name → the folder holding it (formats without split folders: "")
+    split_dirs: ClassVar[dict[str, str]] = {"train": "train", "test": "test"}
+
+    def matches(self, root: Path) -> bool:
+        return all((root / p).exists() for p in self.required)
+
+    @abstractmethod
+    def fields(self, num_classes: int | None) -> dict[str, Field]:
+        """Every key the format can store (`image` included), with labels of `num_classes`."""
+
+    @abstractmethod
+    def class_counts(self) -> tuple[int, ...]:
+        """The seg class counts the format can hold, default first."""
+
+    @abstractmethod
+    def sample_ids(self, root: Path) -> dict[str, list[str]]:
+        """Sample ids of `train`, `test` and, where the format has one, `val`."""
+
+    def _listed(self, path: Path) -> list[str]:
+        try:
+            lines = path.read_text().split()
+        except (OSError, UnicodeDecodeError) as e:
+            raise NYUv2DataError(f"{path}: cannot read the id list ({e})") from e
+        return list(dict.fromkeys(lines))
+
+
+class MTANFormat(NYUv2Format):
+    """MTAN/LibMTL preprocessed npy; its `val` folder is NYU's test split.
+
+    MTAN's own loader `np.moveaxis(…, -1, 0)`s image, depth and normal, so they are stored
+    channels-last ([H,W,3], [H,W,1]); channels-first arrays are accepted too.
+    """
+
+    name = "mtan"
+    required = ("train/image", "val/image")
+    split_dirs: ClassVar[dict[str, str]] = {"train": "train", "test": "val"}
+    layout = (
+        "mtan: {train,val}/image/{i}.npy float [0,1] [H,W,3]; {train,val}/label/{i}.npy "
+        "-1..12 (-1 = ignore); {train,val}/depth/{i}.npy metres [H,W,1] (0 = invalid); "
+        "{train,val}/normal/{i}.npy unit [H,W,3] (all-zero = invalid); channels-first accepted"
+    )
+
+    def class_counts(self) -> tuple[int, ...]:
+        return (13,)
+
+    def fields(self, num_classes: int | None) -> dict[str, Field]:
+        return {
+            "image": Field(
+                "{split}/image/{id}.npy", "float [H,W,3] in [0,1]", _npy(image_from_float)
+            ),
+            "seg": Field(
+                "{split}/label/{id}.npy",
+                "labels [H,W] in -1..12 (-1 = ignore)",
+                _npy(partial(seg_from_labels, ignore=-1, first=0, num_classes=13)),
+            ),
+            "depth": Field(
+                "{split}/depth/{id}.npy", "finite depth [H,W,1] in metres", _npy(depth_from_metres)
+            ),
+            "normal": Field(
+                "{split}/normal/{id}.npy", "finite normals [H,W,3]", _npy(normal_from_float)
+            ),
+        }
+
+    def sample_ids(self, root: Path) -> dict[str, list[str]]:
+        ids = {}
+        for split, folder in self.split_dirs.items():
+            stems = [p.stem for p in (root / folder / "image").glob("*.npy")]
+            ids[split] = sorted((s for s in stems if s.isdigit()), key=int)
+        return ids
+
+
+class NYUDMTFormat(NYUv2Format):
+    """Vandenhende's NYUD-MT: flat folders per kind, splits as id lists in `gt_sets/`."""
+
+    name = "nyud_mt"
+    required = ("images", "gt_sets/train.txt", "gt_sets/test.txt")
+    split_dirs: ClassVar[dict[str, str]] = {"train": "", "val": "", "test": ""}
+    layout = (
+        "nyud_mt: images/{id}.jpg; segmentation/{id}.png (0 = void, 1..40); depth/{id}.npy "
+        "metres; normals/{id}.npy [H,W,3] in [-1,1]; edge/{id}.npy {0,1}; "
+        "gt_sets/{train,test}.txt (+ optional val.txt)"
+    )
+
+    def class_counts(self) -> tuple[int, ...]:
+        return (40,)
+
+    def fields(self, num_classes: int | None) -> dict[str, Field]:
+        return {
+            "image": Field(
+                "images/{id}.jpg",
+                "an RGB jpg",
+                _png(image_from_uint8, "RGB"),
+            ),
+            "seg": Field(
+                "segmentation/{id}.png",
+                "a uint8 png [H,W] in 0..40 (0 = void)",
+                _png(partial(seg_from_labels, ignore=0, first=1, num_classes=40), "L", "P"),
+            ),
+            "depth": Field(
+                "depth/{id}.npy", "finite depth [H,W] in metres", _npy(depth_from_metres)
+            ),
+            "normal": Field(
+                "normals/{id}.npy", "finite normals [H,W,3] in [-1,1]", _npy(normal_from_float)
+            ),
+            "edge": Field("edge/{id}.npy", "an edge map [H,W] in {0,1}", _npy(edge_from_binary)),
+        }
+
+    def sample_ids(self, root: Path) -> dict[str, list[str]]:
+        sets = root / "gt_sets"
+        return {
+            s: self._listed(sets / f"{s}.txt")
+            for s in self.split_dirs
+            if (sets / f"{s}.txt").exists()
+        }
+
+
+class PNGFormat(NYUv2Format):
+    """PNG exports (e.g. DenseDepth / ankurhanda): 8-bit RGB, uint16 depth in mm, uint8 labels."""
+
+    name = "png"
+    required = ("train/rgb", "test/rgb")
+    layout = (
+        "png: {train,test}/rgb/{name}.png; {train,test}/depth/{name}.png uint16 mm (0 = "
+        "invalid); {train,test}/labels_13/ and/or labels_40/{name}.png uint8 (0 = unlabeled); "
+        "optional {train,test}/normals/{name}.png (v/127.5-1); optional {train,test}.txt names"
+    )
+
+    def class_counts(self) -> tuple[int, ...]:
+        return (13, 40)
+
+    def fields(self, num_classes: int | None) -> dict[str, Field]:
+        k = num_classes or 13
+        return {
+            "image": Field(
+                "{split}/rgb/{id}.png",
+                "an 8-bit RGB png",
+                _png(image_from_uint8, "RGB"),
+            ),
+            "seg": Field(
+                f"{{split}}/labels_{k}/{{id}}.png",
+                f"a uint8 png [H,W] in 0..{k} (0 = unlabeled)",
+                _png(partial(seg_from_labels, ignore=0, first=1, num_classes=k), "L", "P"),
+            ),
+            "depth": Field(
+                "{split}/depth/{id}.png",
+                "a 16-bit png in millimetres (0 = invalid)",
+                _png(partial(depth_from_metres, scale=1e-3), "I;16", "I"),
+            ),
+            "normal": Field(
+                "{split}/normals/{id}.png",
+                "an 8-bit RGB png, n = v/127.5 - 1",
+                _png(normal_from_uint8, "RGB"),
+            ),
+        }
+
+    def sample_ids(self, root: Path) -> dict[str, list[str]]:
+        ids = {}
+        for split in self.split_dirs:
+            listing = root / f"{split}.txt"
+            if listing.exists():
+                ids[split] = self._listed(listing)
+            else:
+                ids[split] = sorted(p.stem for p in (root / split / "rgb").glob("*.png"))
+        return ids
+
+
+FORMATS: dict[str, NYUv2Format] = {f.name: f for f in (MTANFormat(), NYUDMTFormat(), PNGFormat())}

@@ -1,0 +1,146 @@
+"""Joint augmentation of an image and its dense targets, in the array layout of `base`.
+
+Albumentations resamples the image and every dense target with one set of random
+parameters (targets with pixel-centre nearest interpolation, `INTER_NEAREST_EXACT`, so
+labels stay labels, an invalid 0 never mixes into valid depth or normals, and targets stay
+aligned with the image; OpenCV's plain `INTER_NEAREST` is shifted by up to a source pixel).
+What a geometric op means for a target's *values* is then applied from the parameters
+albumentations recorded: zooming in by s divides depth by s (objects look s times closer,
+the MTAN/Eigen convention), and a horizontal flip negates the normal x component and swaps
+left/right labels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+# albumentations asks PyPI for a newer version at import; a training job should not phone home
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A
+import cv2
+import numpy as np
+from torch.utils.data import get_worker_info
+
+from .base import Arrays
+
+#: keys resampled jointly with the image (as albumentations masks)
+DENSE_KEYS = ("seg", "depth", "normal", "edge")
+IGNORE_INDEX = 255
+#: moderate photometric jitter, applied to the image only
+COLOR_JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.05}
+
+
+class JointTransform:
+    """`arrays -> arrays`: resize (eval) or scale-crop, flip and jitter (train) all keys jointly.
+
+    `image_size` is (H, W). In training the image is resized to `image_size`, scaled up by a
+    zoom s drawn from `scale_range` and randomly cropped back to `image_size`; depth is then
+    divided by s. `flip_label_map[c]` is the label of class c after a horizontal flip.
+    `seed` makes the sampling reproducible; inside a DataLoader worker the generator is
+    reseeded from the worker's torch seed (albumentations 2.0 does not, so every worker would
+    otherwise draw the same augmentations).
+    """
+
+    def __init__(
+        self,
+        image_size: tuple[int, int],
+        train: bool,
+        scale_range: tuple[float, float] = (1.0, 1.5),
+        hflip: bool = True,
+        color_jitter: bool = True,
+        flip_label_map: Sequence[int] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        height, width = _check_image_size(image_size)
+        low, high = _check_scale_range(scale_range)
+        self.flip_lut = None if flip_label_map is None else _flip_lut(flip_label_map)
+        ops: list[Any] = [
+            A.Resize(height, width, interpolation=cv2.INTER_LINEAR, area_for_downscale="image")
+        ]
+        if train:
+            ops += [
+                A.RandomScale(scale_limit=(low - 1.0, high - 1.0), p=1.0),
+                A.RandomCrop(height, width),
+            ]
+            if hflip:
+                ops.append(A.HorizontalFlip(p=0.5))
+            if color_jitter:
+                ops.append(A.ColorJitter(**COLOR_JITTER, p=1.0))
+        self.compose = A.Compose(
+            ops,
+            additional_targets=dict.fromkeys(DENSE_KEYS, "mask"),
+            mask_interpolation=cv2.INTER_NEAREST_EXACT,
+            save_applied_params=True,
+            seed=seed,
+        )
+        self._worker_seed: int | None = None
+
+    def __call__(self, arrays: Arrays) -> Arrays:
+        self._reseed_in_worker()
+        dense = {key: arrays[key] for key in DENSE_KEYS if key in arrays}
+        out = self.compose(image=arrays["image"], **dense)
+        applied = dict(out.pop("applied_transforms"))
+        zoom = applied["RandomScale"]["scale"] if "RandomScale" in applied else 1.0
+        flipped = "HorizontalFlip" in applied
+
+        result = dict(arrays)
+        result["image"] = out["image"].astype(np.float32, copy=False)
+        if "seg" in out:
+            seg = out["seg"].astype(np.int64)
+            result["seg"] = self.flip_lut[seg] if flipped and self.flip_lut is not None else seg
+        if "depth" in out:
+            result["depth"] = (out["depth"] / np.float32(zoom)).astype(np.float32, copy=False)
+        if "normal" in out:
+            normal = out["normal"].astype(np.float32)
+            if flipped:
+                normal[..., 0] *= -1.0
+            result["normal"] = _unit(normal)
+        if "edge" in out:
+            result["edge"] = out["edge"].astype(np.float32, copy=False)
+        return result
+
+    def _reseed_in_worker(self) -> None:
+        """Give each DataLoader worker (and each epoch's workers) its own random stream."""
+        info = get_worker_info()
+        if info is not None and info.seed != self._worker_seed:
+            self._worker_seed = info.seed
+            self.compose.set_random_seed(info.seed)
+
+
+def _unit(normal: np.ndarray) -> np.ndarray:
+    """Normals rescaled to unit length; all-zero (invalid) ones stay all-zero."""
+    norm = np.linalg.norm(normal, axis=-1, keepdims=True)
+    return np.divide(normal, norm, out=np.zeros_like(normal), where=norm > 0)
+
+
+def _check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
+    size = tuple(image_size)
+    if len(size) != 2 or not all(
+        isinstance(n, int | np.integer) and not isinstance(n, bool) and n > 0 for n in size
+    ):
+        raise ValueError(f"image_size must be two positive ints (H, W), got {image_size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _check_scale_range(scale_range: Sequence[float]) -> tuple[float, float]:
+    if len(scale_range) != 2 or not 1.0 <= scale_range[0] <= scale_range[1]:
+        raise ValueError(
+            f"scale_range must be (low, high) with 1 <= low <= high, got {scale_range!r}"
+        )
+    return float(scale_range[0]), float(scale_range[1])
+
+
+def _flip_lut(flip_label_map: Sequence[int]) -> np.ndarray:
+    """A 256-entry lookup table: classes mapped by `flip_label_map`, the rest (255) unchanged."""
+    n = len(flip_label_map)
+    if sorted(flip_label_map) != list(range(n)) or n > IGNORE_INDEX:
+        raise ValueError(
+            f"flip_label_map must be a permutation of range(n) with n <= {IGNORE_INDEX}, "
+            f"got {list(flip_label_map)!r}"
+        )
+    lut = np.arange(IGNORE_INDEX + 1, dtype=np.int64)
+    lut[:n] = flip_label_map
+    return lut

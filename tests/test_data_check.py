@@ -1,0 +1,39 @@
+"""`lightning-mtl data check` on good and broken roots of both datasets."""
+
+from __future__ import annotations
+
+import pytest
+
+from datamodules.celebamask import write_synthetic_celebamask
+from datamodules.nyuv2 import write_synthetic_nyuv2
+from lightning_mtl.cli import main
+
+
+def _check(capsys, *args: str) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "check", *args])
+    return exit_info.value.code, capsys.readouterr().out
+
+
+def test_nyuv2_root_is_checked_and_a_broken_file_is_named(tmp_path, capsys):
+    root = write_synthetic_nyuv2(tmp_path / "nyu", "mtan", 4, 2, (24, 32), 0)
+    code, out = _check(capsys, "--data", "nyuv2", "--root", str(root))
+    assert code == 0
+    assert "no problems found" in out
+    broken = root / "train" / "depth" / "1.npy"
+    broken.write_bytes(broken.read_bytes()[:40])
+    code, out = _check(capsys, "--data", "nyuv2", "--root", str(root), "--format", "mtan")
+    assert code == 1
+    assert str(broken) in out.replace("\n", "")
+    assert "1 problem(s)" in out
+
+
+def test_celebamask_root_is_checked_and_a_missing_image_is_named(tmp_path, capsys):
+    root = write_synthetic_celebamask(tmp_path / "celeba", 6, image_size=32, seed=0)
+    code, out = _check(capsys, "--data", "celebamask", "--root", str(root))
+    assert code == 0
+    image = root / "CelebA-HQ-img" / "3.jpg"
+    image.unlink()
+    code, out = _check(capsys, "--data", "celebamask", "--root", str(root))
+    assert code == 1
+    assert "3.jpg" in out
