@@ -4,6 +4,8 @@
    `torch.optim.AdamW.step()` on the conv weights of a dilated ResNet.
 2. The prox's share of a full training step (forward, backward, optimizer step) of the
    multi-task model (seg + depth + normal DeepLabV3 heads).
+3. The NYU-v2 loader's images/s (augmentation on, worker processes) against the images/s a
+   training step consumes at the same resolution: is data the bottleneck?
 
 Timings are medians of `torch.utils.benchmark.Timer`; the compared statements alternate so that
 machine noise hits them alike. Absolute times are not comparable between runs; ratios are.
@@ -187,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     data_table = Table(
         title=f"data pipeline vs training step, {data_size[0]}×{data_size[1]}",
         caption=f"NYU-v2 loader (mtan files, augmentation on, {args.data_workers} workers, "
-        f"batch 8) vs the training step above at batch {args.batch_size}",
+        f"batch 8) vs a training step at the same size, batch {args.batch_size}",
     )
     data_table.add_column("measurement")
     data_table.add_column("images/s", justify="right")

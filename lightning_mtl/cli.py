@@ -164,7 +164,7 @@ def _data(args: Sequence[str]) -> None:
 
 
 JOBS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
-    "bench": (_bench, "measure the prox optimizer step and its share of a training step"),
+    "bench": (_bench, "prox cost vs AdamW and in a training step; data loader vs training"),
     "data": (_data, "data check --data nyuv2|celebamask --root DIR: report every problem"),
 }
 
