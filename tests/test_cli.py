@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from datamodules.celebamask import write_synthetic_celebamask
+from datamodules.nyuv2 import write_synthetic_nyuv2
 from lightning_mtl.cli import main
 from tests.wandb_records import history_keys
 
@@ -17,7 +19,6 @@ TINY = [
     "--model.head_channels", "8",
     "--data.init_args.image_size", "[32, 32]",
     "--data.init_args.batch_size", "4",
-    "--data.init_args.synthesize", "8",
     "--data.init_args.num_workers", "0",
     "--trainer.max_epochs", "1",
     "--trainer.log_every_n_steps", "1",
@@ -54,6 +55,7 @@ def test_fit_writes_the_run_folder_and_an_offline_wandb_run(tmp_path, capsys, mo
             "--run.root", str(tmp_path),
             "--run.name", "smoke",
             "--data.init_args.root", str(tmp_path / "synthetic-nyuv2"),
+            "--data.init_args.synthesize", "8",
             *TINY,
         ]
     )  # fmt: skip
@@ -92,6 +94,32 @@ def test_unknown_task_fails_at_start_up_listing_what_exists(tmp_path):
                 "--model.tasks", "[seg, sonar]",
                 "--run.root", str(tmp_path),
                 "--data.init_args.root", str(tmp_path / "synthetic-nyuv2"),
+                "--data.init_args.synthesize", "8",
                 *TINY,
             ]
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("config", "writer"),
+    [
+        ("nyuv2.yaml", lambda root: write_synthetic_nyuv2(root, "nyud_mt", 8, 4, (32, 32), 0)),
+        ("celebamask.yaml", lambda root: write_synthetic_celebamask(root, 12, 32, 0)),
+    ],
+)
+def test_paper_configs_train_on_a_copy_in_the_real_layout(config, writer, tmp_path, capsys):
+    """`make train DATA=nyuv2|celebamask DATA_ROOT=…`, shrunk to seconds."""
+    root = writer(tmp_path / "dataset")
+    main(
+        [
+            "fit",
+            "--config", str(ROOT / "experiments" / config),
+            "--data.init_args.root", str(root),
+            "--data.init_args.num_workers", "0",
+            "--model.backbone", "resnet18",
+            "--run.root", str(tmp_path / "runs"),
+            "--run.logger", "csv",
+            *TINY,
+        ]
+    )  # fmt: skip
+    assert "run summary" in capsys.readouterr().out
