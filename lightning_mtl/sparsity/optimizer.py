@@ -107,11 +107,14 @@ class ProxAdamW(torch.optim.AdamW):
         v = state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"]
         bias_correction2_sqrt = _bias_correction2_sqrt(group["betas"][1], state["step"])
         for block in _group_blocks(p.shape, group_by):
-            z = p[block].contiguous()  # a copy only for input-channel blocks of a large layer
+            view = p[block]
+            z = view.contiguous()  # a copy only for input-channel blocks of a large layer
             d = None
             if group["prox"] == "adaptive":  # √v̂ + ε, exactly the Adam step's denominator
                 d = (v[block].sqrt() / bias_correction2_sqrt).add_(group["eps"])
-            p[block] = _prox_(z, d, step_size, group["penalty"], group_by)
+            result = _prox_(z, d, step_size, group["penalty"], group_by)
+            if result is not view:  # the adaptive prox of a whole layer already wrote into p
+                view.copy_(result)
 
 
 def _group_blocks(shape: torch.Size, group_by: str) -> list[tuple[slice, ...]]:
