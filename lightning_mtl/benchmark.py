@@ -6,6 +6,8 @@
    multi-task model (seg + depth + normal DeepLabV3 heads).
 3. The NYU-v2 loader's images/s (augmentation on, worker processes) against the images/s a
    training step consumes at the same resolution: is data the bottleneck?
+4. Compaction: MACs and latency of the backbone with 0–90 % of its input groups zeroed, dense
+   vs compacted, at batch 1 and 8, plotted as latency vs sparsity.
 
 Timings are medians of `torch.utils.benchmark.Timer`; the compared statements alternate so that
 machine noise hits them alike. Absolute times are not comparable between runs; ratios are.
@@ -24,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.benchmark import Timer
 
+from lightning_mtl.benchmark_compaction import benchmark_compaction, latency_plot
 from lightning_mtl.models import MultiTaskModel, build_backbone, build_head
 from lightning_mtl.sparsity import ProxAdamW
 
@@ -147,32 +150,38 @@ def data_throughput(
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="lightning-mtl bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--parts", default="prox,data,compaction", help="comma-separated")
     parser.add_argument("--backbone", default="resnet50")
-    parser.add_argument("--image-size", type=int, default=256, help="side of the prox-share step")
+    parser.add_argument("--image-size", type=int, default=256, help="side of the square inputs")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--head-channels", type=int, default=256)
     parser.add_argument("--data-size", type=int, nargs=2, default=[288, 384], metavar=("H", "W"))
     parser.add_argument("--data-workers", type=int, default=2)
     parser.add_argument("--data-images", type=int, default=64, help="synthetic NYU-v2 images")
+    parser.add_argument("--plot", default="latency_vs_sparsity.png", help="compaction plot path")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per timing")
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
     device = torch.device(args.device)
-    square = (args.image_size, args.image_size)
-    data_size = tuple(args.data_size)
+    console = Console()
+    result: dict = {}
+    if "prox" in parts:
+        result.update(_prox_part(args, device, console))
+    if "data" in parts:
+        result["data"] = _data_part(args, device, console)
+    if "compaction" in parts:
+        result["compaction"] = _compaction_part(args, device, console)
+    return result
 
+
+def _prox_part(args: argparse.Namespace, device: torch.device, console: Console) -> dict:
     opt = optimizer_step(args.backbone, device, args.rounds, args.min_run_time)
-    rounds = max(1, args.rounds // 2)
+    square = (args.image_size, args.image_size)
     step = training_step_share(
-        args.backbone, square, args.batch_size, args.head_channels, device, rounds
+        args.backbone, square, args.batch_size, args.head_channels, device, max(1, args.rounds // 2)
     )
-    data_step = training_step_share(
-        args.backbone, data_size, args.batch_size, args.head_channels, device, 1
-    )
-    train_images_s = args.batch_size / (data_step["training step"] / 1e3)
-    loader_images_s = data_throughput(data_size, 8, args.data_workers, args.data_images)
-
     table = Table(
         title=f"prox cost, dilated {args.backbone}, {device.type}, "
         f"{torch.get_num_threads()} threads",
@@ -186,21 +195,54 @@ def main(argv: Sequence[str] | None = None) -> dict:
         table.add_row(f"{name} step", f"{opt[name]:.1f}", f"{opt[name] / opt['AdamW']:.2f}×")
     table.add_row("training step (fwd+bwd+ProxAdamW)", f"{step['training step']:.1f}", "")
     table.add_row("adaptive prox share of it", f"{step['prox']:.1f}", f"{100 * step['share']:.2f}%")
-    data_table = Table(
+    console.print(table)
+    return {"optimizer_step": opt, "training_step": step}
+
+
+def _data_part(args: argparse.Namespace, device: torch.device, console: Console) -> dict:
+    data_size = tuple(args.data_size)
+    step = training_step_share(
+        args.backbone, data_size, args.batch_size, args.head_channels, device, 1
+    )
+    train_images_s = args.batch_size / (step["training step"] / 1e3)
+    loader_images_s = data_throughput(data_size, 8, args.data_workers, args.data_images)
+    table = Table(
         title=f"data pipeline vs training step, {data_size[0]}×{data_size[1]}",
         caption=f"NYU-v2 loader (mtan files, augmentation on, {args.data_workers} workers, "
         f"batch 8) vs a training step at the same size, batch {args.batch_size}",
     )
-    data_table.add_column("measurement")
-    data_table.add_column("images/s", justify="right")
-    data_table.add_row("NYU-v2 loader", f"{loader_images_s:.1f}")
-    data_table.add_row("training step consumes", f"{train_images_s:.2f}")
-    data_table.add_row("loader / training", f"{loader_images_s / train_images_s:.1f}×")
-    console = Console()
+    table.add_column("measurement")
+    table.add_column("images/s", justify="right")
+    table.add_row("NYU-v2 loader", f"{loader_images_s:.1f}")
+    table.add_row("training step consumes", f"{train_images_s:.2f}")
+    table.add_row("loader / training", f"{loader_images_s / train_images_s:.1f}×")
     console.print(table)
-    console.print(data_table)
-    return {
-        "optimizer_step": opt,
-        "training_step": step,
-        "data": {"loader_images_s": loader_images_s, "train_images_s": train_images_s},
-    }
+    return {"loader_images_s": loader_images_s, "train_images_s": train_images_s}
+
+
+def _compaction_part(args: argparse.Namespace, device: torch.device, console: Console) -> list:
+    depth = int(args.backbone.removeprefix("resnet"))
+    results = benchmark_compaction(
+        depth,
+        args.image_size,
+        rounds=args.rounds,
+        min_run_time=args.min_run_time / 5,
+        device=device.type,
+    )
+    latency_plot(results, args.plot)
+    table = Table(
+        title=f"compaction, dilated {args.backbone} backbone, {args.image_size}², {device.type}",
+        caption=f"random zeroed input groups; dense/compacted ratios; plot: {args.plot}",
+    )
+    for column in ("% zero groups", "batch", "params", "MACs ratio", "latency ratio"):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(
+            f"{100 * r['sparsity']:.0f}",
+            str(r["batch_size"]),
+            f"{r['params_dense']:,} → {r['params_compacted']:,}",
+            f"{r['macs_ratio']:.2f}×",
+            f"{r['latency_ratio']:.2f}×",
+        )
+    console.print(table)
+    return results

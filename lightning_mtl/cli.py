@@ -157,6 +157,41 @@ def _bench(args: Sequence[str]) -> None:
     bench_main(list(args))
 
 
+def _compact(args: Sequence[str]) -> None:
+    """Compact a checkpoint's model; save it, and optionally export TorchScript and ONNX."""
+    import argparse
+
+    import torch
+
+    from lightning_mtl.sparsity import compact, export_onnx, export_torchscript, save_compacted
+
+    parser = argparse.ArgumentParser(
+        prog="lightning-mtl compact", description="Remove the zero channel groups of a model."
+    )
+    parser.add_argument("--ckpt", required=True, help="a MultiTaskLightningModule checkpoint")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--image-size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
+    parser.add_argument("--torchscript", action="store_true", help="also write model.ts")
+    parser.add_argument("--onnx", action="store_true", help="also write model.onnx")
+    options = parser.parse_args(args)
+    module = MultiTaskLightningModule.load_from_checkpoint(options.ckpt, map_location="cpu")
+    model = module.model.eval()
+    example = torch.rand(1, 3, *options.image_size)
+    report = compact(model, example)
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_compacted(model, out / "model.pt")
+    written = ["model.pt"]
+    if options.torchscript:
+        export_torchscript(model, out / "model.ts", example)
+        written.append("model.ts")
+    if options.onnx:
+        export_onnx(model, out / "model.onnx", example)
+        written.append("model.onnx")
+    print(report.summary)
+    print(f"wrote {', '.join(str(out / name) for name in written)}")
+
+
 def _data(args: Sequence[str]) -> None:
     from datamodules.check import main as check_main
 
@@ -166,6 +201,7 @@ def _data(args: Sequence[str]) -> None:
 JOBS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
     "bench": (_bench, "prox cost vs AdamW and in a training step; data loader vs training"),
     "data": (_data, "data check --data nyuv2|celebamask --root DIR: report every problem"),
+    "compact": (_compact, "--ckpt FILE --out DIR: remove zero channel groups, save/export"),
 }
 
 HELP = """usage: lightning-mtl SUBCOMMAND [options]

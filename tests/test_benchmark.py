@@ -7,10 +7,11 @@ import pytest
 from lightning_mtl.benchmark import main
 
 
-def test_bench_reports_the_prox_cost(capsys):
+def test_bench_reports_the_prox_cost_the_data_pipeline_and_compaction(capsys, tmp_path):
     tiny = ["--backbone", "resnet18", "--image-size", "32", "--head-channels", "8"]
     data = ["--data-size", "32", "48", "--data-workers", "0", "--data-images", "16"]
-    result = main([*tiny, *data, "--rounds", "1", "--min-run-time", "0.05"])
+    plot = tmp_path / "latency.png"
+    result = main([*tiny, *data, "--plot", str(plot), "--rounds", "1", "--min-run-time", "0.05"])
     opt, step = result["optimizer_step"], result["training_step"]
     assert opt["convs"] == 20
     assert all(opt[k] > 0 for k in ("AdamW", "ProxAdamW adaptive", "ProxAdamW euclidean"))
@@ -21,3 +22,12 @@ def test_bench_reports_the_prox_cost(capsys):
     assert "ProxAdamW adaptive step" in out
     assert "adaptive prox share of it" in out
     assert "NYU-v2 loader" in out
+    assert [r["sparsity"] for r in result["compaction"] if r["batch_size"] == 1] == [
+        0.0,
+        0.3,
+        0.5,
+        0.7,
+        0.9,
+    ]
+    assert all(r["macs_ratio"] >= 1 for r in result["compaction"])
+    assert plot.stat().st_size > 0

@@ -123,3 +123,39 @@ def test_paper_configs_train_on_a_copy_in_the_real_layout(config, writer, tmp_pa
         ]
     )  # fmt: skip
     assert "run summary" in capsys.readouterr().out
+
+
+def test_compact_command_saves_and_exports_an_equivalent_smaller_model(
+    tmp_path, capsys, tiny_data, tiny_module
+):
+    import functools
+
+    import lightning as L
+    import torch
+
+    from lightning_mtl import ProxAdamW
+    from lightning_mtl.sparsity import load_compacted
+
+    data = tiny_data()
+    module = tiny_module(data, lambda_=0.5, optimizer=functools.partial(ProxAdamW, lr=1e-2))
+    trainer = L.Trainer(
+        max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
+    trainer.fit(module, data)
+    ckpt = tmp_path / "sparse.ckpt"
+    trainer.save_checkpoint(ckpt)
+    out = tmp_path / "compacted"
+    exports = ["--image-size", "32", "32", "--torchscript", "--onnx"]
+    main(["compact", "--ckpt", str(ckpt), "--out", str(out), *exports])
+    printed = capsys.readouterr().out
+    assert "params " in printed and "input channels removed" in printed
+    assert {p.name for p in out.iterdir()} >= {"model.pt", "model.ts", "model.onnx"}
+    compacted = load_compacted(out / "model.pt")
+    images = torch.rand(2, 3, 32, 32)
+    module.model.eval()
+    with torch.no_grad():
+        expected, got = module.model(images), compacted(images)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-4)
+    params = sum(p.numel() for p in compacted.parameters())
+    assert params < sum(p.numel() for p in module.model.parameters())
