@@ -26,7 +26,11 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.benchmark import Timer
 
-from lightning_mtl.benchmark_compaction import benchmark_compaction, latency_plot
+from lightning_mtl.benchmark_compaction import (
+    benchmark_compaction,
+    latency_plot,
+    measure_compaction,
+)
 from lightning_mtl.models import MultiTaskModel, build_backbone, build_head
 from lightning_mtl.sparsity import ProxAdamW
 
@@ -159,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--data-workers", type=int, default=2)
     parser.add_argument("--data-images", type=int, default=64, help="synthetic NYU-v2 images")
     parser.add_argument("--plot", default="latency_vs_sparsity.png", help="compaction plot path")
+    parser.add_argument(
+        "--checkpoint", help="a trained checkpoint: also compact its backbone (a trained profile)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per timing")
@@ -230,6 +237,23 @@ def _compaction_part(args: argparse.Namespace, device: torch.device, console: Co
         device=device.type,
     )
     latency_plot(results, args.plot)
+    if args.checkpoint:
+        from lightning_mtl.modules import MultiTaskLightningModule
+        from lightning_mtl.sparsity import sparsity_stats
+
+        module = MultiTaskLightningModule.load_from_checkpoint(args.checkpoint, map_location="cpu")
+        backbone = module.model.backbone
+        trained = sparsity_stats(backbone).group_pct / 100
+        results += measure_compaction(
+            backbone,
+            args.image_size,
+            (1, 8),
+            args.rounds,
+            args.min_run_time / 5,
+            device.type,
+            sparsity=trained,
+            profile="trained",
+        )
     table = Table(
         title=f"compaction, dilated {args.backbone} backbone, {args.image_size}², {device.type}",
         caption=f"random zeroed input groups; dense/compacted ratios; plot: {args.plot}",
@@ -238,7 +262,7 @@ def _compaction_part(args: argparse.Namespace, device: torch.device, console: Co
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(
-            f"{100 * r['sparsity']:.0f}",
+            f"{100 * r['sparsity']:.0f}" + (" (trained)" if r.get("profile") else ""),
             str(r["batch_size"]),
             f"{r['params_dense']:,} → {r['params_compacted']:,}",
             f"{r['macs_ratio']:.2f}×",

@@ -16,7 +16,7 @@ from lightning_mtl.models import DilatedResNet
 from lightning_mtl.sparsity import conv_weights
 from lightning_mtl.sparsity.compact import compact
 
-__all__ = ["benchmark_compaction", "latency_plot", "zero_random_groups"]
+__all__ = ["benchmark_compaction", "latency_plot", "measure_compaction", "zero_random_groups"]
 
 SPARSITIES: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7, 0.9)
 
@@ -66,25 +66,44 @@ def benchmark_compaction(
         torch.manual_seed(seed)
         dense = DilatedResNet(depth, **backbone_options).eval()
         zero_random_groups(dense, sparsity, torch.Generator().manual_seed(seed))
-        compacted = copy.deepcopy(dense)
-        report = compact(compacted, torch.rand(1, 3, image_size, image_size))
-        dense, compacted = dense.to(device), compacted.to(device)
-        for batch in batch_sizes:
-            x = torch.rand(batch, 3, image_size, image_size, device=device)
-            dense_ms, compact_ms = _latency_ms(dense, compacted, x, rounds, min_run_time)
-            results.append(
-                {
-                    "sparsity": sparsity,
-                    "batch_size": batch,
-                    "params_dense": report.params_before,
-                    "params_compacted": report.params_after,
-                    "macs_ratio": report.macs_before / report.macs_after,
-                    "latency_dense_ms": dense_ms,
-                    "latency_compacted_ms": compact_ms,
-                    "latency_ratio": dense_ms / compact_ms,
-                }
-            )
+        results += measure_compaction(
+            dense, image_size, batch_sizes, rounds, min_run_time, device, sparsity=sparsity
+        )
     return results
+
+
+def measure_compaction(
+    dense: nn.Module,
+    image_size: int,
+    batch_sizes: Sequence[int],
+    rounds: int,
+    min_run_time: float,
+    device: str = "cpu",
+    **labels: Any,
+) -> list[dict[str, Any]]:
+    """Params, MACs and latency of `dense` (its own zero pattern, e.g. a trained backbone) and
+    of a compacted copy, one row per batch size, with `labels` added to every row."""
+    dense = dense.eval()
+    compacted = copy.deepcopy(dense)
+    report = compact(compacted, torch.rand(1, 3, image_size, image_size))
+    dense, compacted = dense.to(device), compacted.to(device)
+    rows = []
+    for batch in batch_sizes:
+        x = torch.rand(batch, 3, image_size, image_size, device=device)
+        dense_ms, compact_ms = _latency_ms(dense, compacted, x, rounds, min_run_time)
+        rows.append(
+            {
+                **labels,
+                "batch_size": batch,
+                "params_dense": report.params_before,
+                "params_compacted": report.params_after,
+                "macs_ratio": report.macs_before / report.macs_after,
+                "latency_dense_ms": dense_ms,
+                "latency_compacted_ms": compact_ms,
+                "latency_ratio": dense_ms / compact_ms,
+            }
+        )
+    return rows
 
 
 def latency_plot(results: Sequence[dict[str, float]], path: str | Path) -> None:
