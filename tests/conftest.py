@@ -38,3 +38,23 @@ def tiny_module():
         )
 
     return make
+
+
+@pytest.fixture
+def sparse_checkpoint(tmp_path, tiny_data, tiny_module):
+    """A tiny module trained one epoch with a strong prox, and its checkpoint file."""
+    import functools
+
+    import lightning as L
+
+    from lightning_mtl import ProxAdamW
+
+    data = tiny_data()
+    module = tiny_module(data, lambda_=0.5, optimizer=functools.partial(ProxAdamW, lr=1e-2))
+    trainer = L.Trainer(
+        max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
+    trainer.fit(module, data)
+    path = tmp_path / "sparse.ckpt"
+    trainer.save_checkpoint(path)
+    return module, path

@@ -33,21 +33,10 @@ def test_bench_reports_the_prox_cost_the_data_pipeline_and_compaction(capsys, tm
     assert plot.stat().st_size > 0
 
 
-def test_compaction_bench_measures_a_trained_checkpoint(tmp_path, tiny_data, tiny_module):
-    import functools
+def test_compaction_bench_measures_a_trained_checkpoint(tmp_path, sparse_checkpoint):
+    from lightning_mtl import sparsity_stats
 
-    import lightning as L
-
-    from lightning_mtl import ProxAdamW, sparsity_stats
-
-    data = tiny_data()
-    module = tiny_module(data, lambda_=0.5, optimizer=functools.partial(ProxAdamW, lr=1e-2))
-    trainer = L.Trainer(
-        max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path
-    )
-    trainer.fit(module, data)
-    ckpt = tmp_path / "sparse.ckpt"
-    trainer.save_checkpoint(ckpt)
+    module, ckpt = sparse_checkpoint
     args = ["--parts", "compaction", "--backbone", "resnet18", "--image-size", "32"]
     args += ["--checkpoint", str(ckpt), "--plot", str(tmp_path / "p.png"), "--rounds", "1"]
     rows = main([*args, "--min-run-time", "0.05"])["compaction"]

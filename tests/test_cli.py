@@ -126,24 +126,13 @@ def test_paper_configs_train_on_a_copy_in_the_real_layout(config, writer, tmp_pa
 
 
 def test_compact_command_saves_and_exports_an_equivalent_smaller_model(
-    tmp_path, capsys, tiny_data, tiny_module
+    tmp_path, capsys, sparse_checkpoint
 ):
-    import functools
-
-    import lightning as L
     import torch
 
-    from lightning_mtl import ProxAdamW
     from lightning_mtl.sparsity import load_compacted
 
-    data = tiny_data()
-    module = tiny_module(data, lambda_=0.5, optimizer=functools.partial(ProxAdamW, lr=1e-2))
-    trainer = L.Trainer(
-        max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path
-    )
-    trainer.fit(module, data)
-    ckpt = tmp_path / "sparse.ckpt"
-    trainer.save_checkpoint(ckpt)
+    module, ckpt = sparse_checkpoint
     out = tmp_path / "compacted"
     exports = ["--image-size", "32", "32", "--torchscript", "--onnx"]
     main(["compact", "--ckpt", str(ckpt), "--out", str(out), *exports])
