@@ -229,11 +229,12 @@ def _data_part(args: argparse.Namespace, device: torch.device, console: Console)
 
 def _compaction_part(args: argparse.Namespace, device: torch.device, console: Console) -> list:
     depth = int(args.backbone.removeprefix("resnet"))
+    min_run_time = args.min_run_time / 5  # per model, round and configuration (10 of them)
     results = benchmark_compaction(
         depth,
         args.image_size,
         rounds=args.rounds,
-        min_run_time=args.min_run_time / 5,
+        min_run_time=min_run_time,
         device=device.type,
     )
     latency_plot(results, args.plot)
@@ -249,7 +250,7 @@ def _compaction_part(args: argparse.Namespace, device: torch.device, console: Co
             args.image_size,
             (1, 8),
             args.rounds,
-            args.min_run_time / 5,
+            min_run_time,
             device.type,
             sparsity=trained,
             profile="trained",

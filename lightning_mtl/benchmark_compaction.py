@@ -117,21 +117,9 @@ def latency_plot(results: Sequence[dict[str, float]], path: str | Path) -> None:
     for i, batch in enumerate(sorted({r["batch_size"] for r in results})):
         rows = sorted((r for r in results if r["batch_size"] == batch), key=lambda r: r["sparsity"])
         pct = [100 * r["sparsity"] for r in rows]
-        color = f"C{i}"
-        ax.plot(
-            pct,
-            [r["latency_dense_ms"] for r in rows],
-            "--o",
-            color=color,
-            label=f"dense, batch {batch}",
-        )
-        ax.plot(
-            pct,
-            [r["latency_compacted_ms"] for r in rows],
-            "-o",
-            color=color,
-            label=f"compacted, batch {batch}",
-        )
+        for kind, style in (("dense", "--o"), ("compacted", "-o")):
+            latencies = [r[f"latency_{kind}_ms"] for r in rows]
+            ax.plot(pct, latencies, style, color=f"C{i}", label=f"{kind}, batch {batch}")
     ax.set_xlabel("% zero input groups")
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")

@@ -7,14 +7,11 @@ float32 on CPU; only the summation order of the convs changes.
 from __future__ import annotations
 
 import copy
-import functools
 
-import lightning as L
 import pytest
 import torch
 from torch import Tensor, nn
 
-from lightning_mtl import ProxAdamW
 from lightning_mtl.benchmark_compaction import (
     benchmark_compaction,
     latency_plot,
@@ -177,20 +174,8 @@ def test_unsupported_modules_are_named():
         compact(MultiTaskModel(backbone, {"bad": head}))
 
 
-def test_a_prox_trained_module_compacts_exactly(tmp_path, tiny_data, tiny_module):
-    L.seed_everything(0)
-    data = tiny_data()
-    module = tiny_module(data, lambda_=0.5, optimizer=functools.partial(ProxAdamW, lr=1e-2))
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(module, data)
+def test_a_prox_trained_module_compacts_exactly(sparse_checkpoint):
+    module, _ = sparse_checkpoint
     model = module.model.eval()
     x = _images(4)
     with torch.no_grad():
