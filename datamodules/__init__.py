@@ -1,7 +1,14 @@
 """LightningDataModules yielding dict batches: `image` plus one key per provided target."""
 
 from .celebamask import CelebAMaskHQDataModule
+from .meta import MetaTaskDataModule, task_combinations
 from .nyuv2 import NYUv2DataModule
 from .synthetic import SyntheticDataModule
 
-__all__ = ["CelebAMaskHQDataModule", "NYUv2DataModule", "SyntheticDataModule"]
+__all__ = [
+    "CelebAMaskHQDataModule",
+    "MetaTaskDataModule",
+    "NYUv2DataModule",
+    "SyntheticDataModule",
+    "task_combinations",
+]

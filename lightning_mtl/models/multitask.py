@@ -25,14 +25,15 @@ class MultiTaskModel(nn.Module):
         self.backbone = backbone
         self.heads = nn.ModuleDict(heads)
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        """Predictions per task key for images [N, 3, H, W]."""
+    def forward(self, images: Tensor, tasks: list[str] | None = None) -> dict[str, Tensor]:
+        """Predictions per task key for images [N, 3, H, W]; `tasks` runs only those heads."""
         features = self.backbone(images)
         size = images.shape[-2:]
         out: dict[str, Tensor] = {}
         for key, head in self.heads.items():
-            pred = head(features)
-            if pred.dim() == 4:
-                pred = F.interpolate(pred, size=size, mode="bilinear", align_corners=False)
-            out[key] = pred
+            if tasks is None or key in tasks:
+                pred = head(features)
+                if pred.dim() == 4:
+                    pred = F.interpolate(pred, size=size, mode="bilinear", align_corners=False)
+                out[key] = pred
         return out

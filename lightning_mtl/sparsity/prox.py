@@ -37,9 +37,15 @@ def group_sum(x: Tensor, group_by: str) -> Tensor:
 
 
 def group_lasso_euclidean(z: Tensor, threshold: Tensor | float, group_by: str) -> Tensor:
-    """W_g = Z_g · max(0, 1 − t/‖Z_g‖), with t = step·λ·√p_g."""
-    norm = group_sum(z.square(), group_by).sqrt()
-    scale = (1 - threshold / norm.clamp_min(torch.finfo(z.dtype).tiny)).clamp_min(0)
+    """W_g = Z_g · max(0, 1 − t/‖Z_g‖), with t = step·λ·√p_g.
+
+    Differentiable in z and t; an exactly-zero group has gradient 0, not the 0·∞ = NaN of a
+    plain square root at 0, so a meta-gradient through dead groups stays finite.
+    """
+    q = group_sum(z.square(), group_by)
+    live = q != 0  # NaN counts as live, so a NaN spreads over its whole group
+    norm = torch.where(live, q, torch.ones_like(q)).sqrt()
+    scale = torch.where(live, (1 - threshold / norm).clamp_min(0), torch.zeros_like(q))
     return z * scale
 
 

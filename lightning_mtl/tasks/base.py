@@ -58,7 +58,8 @@ class Task(ABC):
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         """Scalar loss of a prediction (already at the target's resolution) against its target.
 
-        Built-in tasks compute it in float32 whatever the prediction's dtype (bf16-mixed).
+        Built-in tasks compute it in at least float32 whatever the prediction's dtype
+        (bf16-mixed; float64 stays float64).
         """
 
     @abstractmethod
@@ -84,6 +85,11 @@ class Task(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(key={self.key!r}, target_key={self.target_key!r})"
+
+
+def loss_precision(x: Tensor) -> Tensor:
+    """`x` in at least float32: half-precision predictions are upcast, float64 is kept."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:

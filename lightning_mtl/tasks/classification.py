@@ -10,7 +10,7 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryF1Score
 
-from lightning_mtl.tasks.base import Task, register_task
+from lightning_mtl.tasks.base import Task, loss_precision, register_task
 
 
 @register_task("binary")
@@ -29,7 +29,7 @@ class BinaryClassificationTask(Task):
         return 1
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        return F.binary_cross_entropy_with_logits(pred.float(), target)
+        return F.binary_cross_entropy_with_logits(loss_precision(pred), target)
 
     def build_metrics(self) -> MetricCollection:
         return MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score()})

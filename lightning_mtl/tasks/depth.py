@@ -9,7 +9,7 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 
 from lightning_mtl.metrics import DepthAbsError, DepthRelError, DepthRMSE, check_same_shape
-from lightning_mtl.tasks.base import Task, masked_mean, register_task
+from lightning_mtl.tasks.base import Task, loss_precision, masked_mean, register_task
 
 DepthLoss = Literal["mse", "l1"]
 
@@ -43,7 +43,7 @@ class DepthTask(Task):
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         check_same_shape(pred, target)
-        diff = pred.float() - target
+        diff = loss_precision(pred) - target
         error = diff.square() if self.loss_name == "mse" else diff.abs()
         return masked_mean(error, target > 0)
 

@@ -11,7 +11,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryF1Score
 
 from lightning_mtl.metrics import ODSF1Score
-from lightning_mtl.tasks.base import Task, register_task
+from lightning_mtl.tasks.base import Task, loss_precision, register_task
 
 
 @register_task("edge")
@@ -49,7 +49,7 @@ class EdgeTask(Task):
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         weight = torch.where(target >= 0.5, self.pos_weight, 1 - self.pos_weight)
-        return F.binary_cross_entropy_with_logits(pred.float(), target, weight=weight)
+        return F.binary_cross_entropy_with_logits(loss_precision(pred), target, weight=weight)
 
     def build_metrics(self) -> MetricCollection:
         return MetricCollection(

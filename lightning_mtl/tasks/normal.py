@@ -15,7 +15,7 @@ from lightning_mtl.metrics import (
     NormalWithinAngle,
     check_same_shape,
 )
-from lightning_mtl.tasks.base import Task, masked_mean, register_task
+from lightning_mtl.tasks.base import Task, loss_precision, masked_mean, register_task
 
 
 @register_task("normal")
@@ -47,7 +47,7 @@ class NormalTask(Task):
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         check_same_shape(pred, target)
-        cos = (F.normalize(pred.float(), dim=1) * target).sum(1)
+        cos = (F.normalize(loss_precision(pred), dim=1) * target).sum(1)
         return masked_mean(1 - cos, (target != 0).any(1))
 
     def build_metrics(self) -> MetricCollection:

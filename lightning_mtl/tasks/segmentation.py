@@ -11,7 +11,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from lightning_mtl.metrics import PerImageMicroIoU
-from lightning_mtl.tasks.base import TargetSpec, Task, masked_mean, register_task
+from lightning_mtl.tasks.base import TargetSpec, Task, loss_precision, masked_mean, register_task
 
 #: label value of unlabelled pixels in every datamodule's `seg` target
 IGNORE_INDEX = 255
@@ -59,7 +59,9 @@ class SegmentationTask(Task):
         return self.num_classes
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        ce = F.cross_entropy(pred.float(), target, ignore_index=IGNORE_INDEX, reduction="none")
+        ce = F.cross_entropy(
+            loss_precision(pred), target, ignore_index=IGNORE_INDEX, reduction="none"
+        )
         return masked_mean(ce, target != IGNORE_INDEX)
 
     def build_metrics(self) -> MetricCollection:

@@ -1,0 +1,314 @@
+"""MetaSparsityModule: learn the group-lasso strength λ with MAML-style inner and outer loops."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from lightning_mtl.modules.multitask import MultiTaskLightningModule
+from lightning_mtl.sparsity import ProxAdamW, live_groups
+from lightning_mtl.sparsity.meta import INNER_SPARSITY, adapt, group_lasso
+from lightning_mtl.tasks import TargetSpec, Task
+
+#: One meta-task of a meta-batch: its task keys and a support and a query batch.
+MetaTask = Mapping[str, Any]
+
+
+@dataclass
+class MetaLoss:
+    """The outer loss of one meta-batch and what is logged about it."""
+
+    loss: Tensor
+    inner_loss: Tensor  # mean support loss over the inner steps and meta-tasks
+    query_losses: dict[str, Tensor]  # per meta-task, keyed "seg+depth"
+    buffers: dict[str, Tensor]  # BN running stats after the query passes, meta-task mean
+
+
+class MetaSparsityModule(MultiTaskLightningModule):
+    """Meta-sparsity: the shared weights θ and the sparsity strength λ = exp(ρ) meta-learned.
+
+    Each training batch is a meta-batch (`datamodules.MetaTaskDataModule`): B meta-tasks (task
+    combinations), each with a support and a query batch. Per meta-task, K inner steps adapt
+    θ on the support loss (sum of the meta-task's task losses) with the differentiable
+    group-lasso prox of threshold α·λ·√p_g (or its penalty gradient); the outer loss is the sum
+    of the adapted models' query losses. Adam updates θ and ρ on its gradient, then the
+    adaptive prox with the current λ zeroes groups of θ (exact zeros in the meta-parameters).
+
+    BatchNorm: every inner and query pass uses batch statistics; each meta-task updates its own
+    copy of the running stats, and the module keeps their mean over meta-tasks (and ranks).
+    Under DDP each rank runs its own meta-tasks; the outer gradients are averaged over ranks, so
+    θ and λ stay identical everywhere.
+
+    Args:
+        tasks, targets, backbone, backbone_options, head_channels: as `MultiTaskLightningModule`
+            (the meta-training tasks; meta-tasks are drawn from their combinations).
+        lambda_init: λ at the start (> 0, since ρ = log λ).
+        per_layer_lambda: one λ per grouped conv instead of one scalar.
+        inner_steps: K, inner steps per meta-task.
+        inner_lr: α, the inner SGD step size.
+        inner_sparsity: `prox` (default) or `penalty` (λΩ's gradient added to the inner step).
+        first_order: drop the Hessian terms of the inner steps; λ keeps its path through the
+            inner prox/penalty.
+        explicit_penalty: add λ·Ω(θ) (θ detached; the prox already handles θ) to the outer loss.
+            Its derivative Ω > 0 only pushes λ down, so it is off by default.
+        optimizer: outer optimizer factory; `ProxAdamW` applies the outer prox.
+        rho_lr: outer learning rate of ρ.
+        prox: outer prox, `adaptive` (Adam's metric) or `euclidean`.
+        group_by, sparse_layers: as `MultiTaskLightningModule`.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[str | Task] = ("seg", "depth", "normal"),
+        targets: Mapping[str, TargetSpec] | None = None,
+        backbone: str = "resnet50",
+        backbone_options: dict[str, Any] | None = None,
+        head_channels: int = 256,
+        lambda_init: float = 1e-4,
+        per_layer_lambda: bool = False,
+        inner_steps: int = 1,
+        inner_lr: float = 1e-2,
+        inner_sparsity: str = "prox",
+        first_order: bool = False,
+        explicit_penalty: bool = False,
+        optimizer: OptimizerCallable = ProxAdamW,
+        rho_lr: float = 1e-2,
+        prox: str = "adaptive",
+        group_by: str = "in_channel",
+        sparse_layers: str | None = None,
+    ) -> None:
+        _check_meta_options(lambda_init, inner_steps, inner_lr, inner_sparsity, rho_lr)
+        super().__init__(
+            tasks=tasks,
+            targets=targets,
+            backbone=backbone,
+            backbone_options=backbone_options,
+            head_channels=head_channels,
+            weighting="equal",
+            optimizer=optimizer,
+            lambda_=lambda_init,
+            prox=prox,
+            group_by=group_by,
+            sparse_layers=sparse_layers,
+        )
+        self.automatic_optimization = False
+        shape = (len(self.sparse_names),) if per_layer_lambda else ()
+        self.rho = nn.Parameter(torch.full(shape, math.log(lambda_init)))
+        self._warned_dead = False
+
+    # -- λ -----------------------------------------------------------------------------------
+
+    def layer_lambdas(self) -> dict[str, Tensor]:
+        """λ per grouped conv (a function of ρ, differentiable), keyed by conv name."""
+        lam = self.rho.exp().expand(len(self.sparse_names))
+        return dict(zip(self.sparse_names, lam.unbind(), strict=True))
+
+    @property
+    def current_lambda(self) -> float:
+        """λ (the mean over layers when λ is per layer)."""
+        return float(self.rho.detach().exp().mean())
+
+    # -- the meta objective ------------------------------------------------------------------
+
+    def meta_loss(self, meta_batch: Sequence[MetaTask]) -> MetaLoss:
+        """Outer loss Σ_τ L_τ^query(φ_K^τ), with the graph back to θ and ρ."""
+        named = dict(self.model.named_parameters())
+        param_name = {id(p): n for n, p in named.items()}
+        weights_and_lambdas = list(
+            zip(self.sparse_weights(), self.layer_lambdas().values(), strict=True)
+        )
+        lambdas = {param_name[id(w)]: lam for (_, w), lam in weights_and_lambdas}
+        total = self.rho.new_zeros(())
+        inner_losses: list[Tensor] = []
+        query_losses: dict[str, Tensor] = {}
+        buffer_sums: dict[str, Tensor] = {}
+        for meta_task in meta_batch:
+            keys = self._meta_task_keys(meta_task)
+            query, losses, buffers = self._adapt_and_query(meta_task, keys, named, lambdas)
+            total = total + query
+            inner_losses.extend(losses)
+            query_losses["+".join(keys)] = query.detach()
+            for n, b in buffers.items():
+                buffer_sums[n] = buffer_sums[n] + b if n in buffer_sums else b
+        if self.hparams.explicit_penalty:
+            for (_, w), lam in weights_and_lambdas:
+                total = total + lam * group_lasso(w.detach(), self.hparams.group_by)
+        count = len(meta_batch)
+        mean_buffers = {
+            n: b / count if b.is_floating_point() else b // count for n, b in buffer_sums.items()
+        }
+        return MetaLoss(total, torch.stack(inner_losses).mean(), query_losses, mean_buffers)
+
+    def _meta_task_keys(self, meta_task: MetaTask) -> list[str]:
+        keys = list(meta_task["tasks"])
+        unknown = [k for k in keys if k not in self.tasks]
+        if unknown:
+            raise ValueError(
+                f"meta-task {keys} has tasks {unknown} this module has no head for; "
+                f"its tasks are {list(self.tasks)}"
+            )
+        return keys
+
+    def _adapt_and_query(
+        self,
+        meta_task: MetaTask,
+        keys: list[str],
+        named: Mapping[str, Tensor],
+        lambdas: Mapping[str, Tensor],
+    ) -> tuple[Tensor, list[Tensor], dict[str, Tensor]]:
+        """K inner steps on the support batch from θ (backbone + the meta-task's heads), then
+        the query loss; BN running stats go to a copy, returned."""
+        params = {n: p for n, p in named.items() if _belongs_to(n, keys)}
+        buffers = {n: b.clone() for n, b in self.model.named_buffers()}
+        hp = self.hparams
+        phi, losses = adapt(
+            lambda phi: self._task_loss(phi, buffers, keys, meta_task["support"]),
+            params,
+            {n: lam for n, lam in lambdas.items() if n in params},
+            steps=hp.inner_steps,
+            lr=hp.inner_lr,
+            sparsity=hp.inner_sparsity,
+            first_order=hp.first_order,
+            group_by=hp.group_by,
+        )
+        return self._task_loss(phi, buffers, keys, meta_task["query"]), losses, buffers
+
+    def _task_loss(
+        self,
+        params: Mapping[str, Tensor],
+        buffers: Mapping[str, Tensor],
+        keys: list[str],
+        batch: Mapping[str, Tensor],
+    ) -> Tensor:
+        """Σ_{t ∈ keys} L_t of the model run with `params` and `buffers`."""
+        preds = functional_call(self.model, (params, buffers), (batch["image"],), {"tasks": keys})
+        return sum(self.tasks[k].loss(preds[k], batch[self.tasks[k].target_key]) for k in keys)
+
+    # -- the outer step ----------------------------------------------------------------------
+
+    def training_step(self, meta_batch: Sequence[MetaTask], batch_idx: int) -> Tensor:
+        result = self.meta_loss(meta_batch)
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        grads = torch.autograd.grad(result.loss, [p for _, p in named], allow_unused=True)
+        grads = [
+            torch.zeros_like(p) if g is None else g for (_, p), g in zip(named, grads, strict=True)
+        ]
+        self._apply_reduced(named, grads, result.buffers)
+        lambdas = self.layer_lambdas()
+        for group in self.optimizers().optimizer.param_groups:
+            if group["name"].startswith("sparse_convs"):
+                group["lambda_"] = float(_group_lambda(group["name"], lambdas).detach())
+        self.optimizers().step()
+        self.optimizers().zero_grad()
+        self._log_step(result, len(meta_batch))
+        self._warn_if_all_dead()
+        return result.loss.detach()
+
+    def _apply_reduced(
+        self, named: list[tuple[str, Tensor]], grads: list[Tensor], buffers: Mapping[str, Tensor]
+    ) -> None:
+        """Average gradients and BN stats over ranks in one all-reduce; set .grad and buffers."""
+        model_buffers = dict(self.model.named_buffers())
+        float_buffers = [n for n, b in buffers.items() if b.is_floating_point()]
+        parts = [g.reshape(-1) for g in grads] + [buffers[n].reshape(-1) for n in float_buffers]
+        flat = self.trainer.strategy.reduce(torch.cat(parts), reduce_op="mean")
+        chunks = iter(flat.split([t.numel() for t in parts]))
+        for (_, p), chunk in zip(named, chunks, strict=False):  # buffers follow
+            p.grad = chunk.view_as(p).clone()
+        for n in float_buffers:
+            model_buffers[n].copy_(next(chunks).view_as(model_buffers[n]))
+        for n, b in buffers.items():
+            if not b.is_floating_point():
+                model_buffers[n].copy_(b)
+
+    def _log_step(self, result: MetaLoss, count: int) -> None:
+        log = {"batch_size": count, "on_step": True, "on_epoch": False}
+        self.log("train/loss", result.loss.detach(), prog_bar=True, **log)
+        self.log("meta/inner_loss", result.inner_loss, **log)
+        for key, loss in result.query_losses.items():
+            self.log(f"meta/query/{key}", loss, **log)
+        self.log("lambda", self.current_lambda, prog_bar=True, **log)
+        rho_grad = self.rho.grad if self.rho.grad is not None else torch.zeros_like(self.rho)
+        self.log("meta/rho_grad", rho_grad.norm(), **log)
+        if self.hparams.per_layer_lambda:
+            for name, lam in self.layer_lambdas().items():
+                self.log(f"lambda/{name}", lam.detach(), **log)
+
+    def _warn_if_all_dead(self) -> None:
+        if self._warned_dead:
+            return
+        if not any(
+            bool(live_groups(w, self.hparams.group_by).any()) for _, w in self.sparse_weights()
+        ):
+            self._warned_dead = True
+            rank_zero_warn(
+                f"every channel group of the sparse convs is zero at step {self.global_step} "
+                f"(λ={self.current_lambda:.3g}): the hypergradient of λ is 0 from here on and "
+                "the backbone outputs nothing. Start from a smaller lambda_init or lower rho_lr."
+            )
+
+    # -- optimisation ------------------------------------------------------------------------
+
+    def optimizer_param_groups(self) -> list[dict[str, Any]]:
+        """The MTL groups (the grouped convs split per layer when λ is per layer) plus `rho`."""
+        groups = super().optimizer_param_groups()
+        if self.hparams.per_layer_lambda:
+            sparse = next(g for g in groups if g["name"] == "sparse_convs")
+            index = groups.index(sparse)
+            groups[index : index + 1] = [
+                {**sparse, "name": f"sparse_convs/{name}", "params": [w]}
+                for name, w in self.sparse_weights()
+            ]
+        groups.append(
+            {
+                "name": "rho",
+                "params": [self.rho],
+                "lr": self.hparams.rho_lr,
+                "lambda_": 0.0,
+                "weight_decay": 0.0,
+            }
+        )
+        return groups
+
+    def on_train_epoch_start(self) -> None:
+        """λ comes from ρ at every step; no warm-up switch."""
+
+
+def _belongs_to(param_name: str, keys: Sequence[str]) -> bool:
+    """Whether a MultiTaskModel parameter is adapted for a meta-task: backbone or its heads."""
+    part, _, rest = param_name.partition(".")
+    return part == "backbone" or (part == "heads" and rest.split(".")[0] in keys)
+
+
+def _group_lambda(group_name: str, lambdas: Mapping[str, Tensor]) -> Tensor:
+    """λ of the `sparse_convs` group (scalar λ) or of `sparse_convs/{layer}` (per-layer λ)."""
+    _, _, layer = group_name.partition("/")
+    return lambdas[layer] if layer else next(iter(lambdas.values()))
+
+
+def _check_meta_options(
+    lambda_init: float, inner_steps: int, inner_lr: float, inner_sparsity: str, rho_lr: float
+) -> None:
+    if not (lambda_init > 0 and math.isfinite(lambda_init)):
+        raise ValueError(
+            f"lambda_init must be a finite number > 0 (λ = exp(ρ) is learned in log space), "
+            f"got {lambda_init!r}"
+        )
+    if int(inner_steps) != inner_steps or inner_steps < 1:
+        raise ValueError(f"inner_steps (K) must be an int >= 1, got {inner_steps!r}")
+    if not inner_lr > 0:
+        raise ValueError(f"inner_lr must be > 0, got {inner_lr!r}")
+    if inner_sparsity not in INNER_SPARSITY:
+        raise ValueError(
+            f"unknown inner_sparsity {inner_sparsity!r}; allowed: {list(INNER_SPARSITY)}"
+        )
+    if not rho_lr >= 0:
+        raise ValueError(f"rho_lr must be >= 0 (0 keeps λ fixed), got {rho_lr!r}")
