@@ -7,6 +7,7 @@ STAMP  := $(VENV)/.installed
 TASKS     ?=
 DATA      ?= synthetic
 CONFIG    ?= experiments/$(DATA).yaml
+META_CONFIG ?= experiments/meta/$(DATA).yaml
 LOGGER    ?= wandb
 EPOCHS    ?=
 LAMBDA    ?=
@@ -21,7 +22,7 @@ TRAIN_FLAGS := --config $(CONFIG) --run.logger $(LOGGER) \
 	$(if $(DATA_ROOT),--data.init_args.root $(DATA_ROOT)) \
 	$(if $(NAME),--run.name $(NAME))
 
-.PHONY: install train test test-fast bench lint format clean
+.PHONY: install train meta test test-fast bench lint format clean
 
 install: $(STAMP)
 
@@ -32,6 +33,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 train: $(STAMP)
 	$(BIN)/lightning-mtl fit $(TRAIN_FLAGS) $(ARGS)
+
+# meta-sparsity: meta-train λ, then meta-test (seen and unseen tasks); writes the table
+meta: $(STAMP)
+	$(BIN)/lightning-mtl meta --config $(META_CONFIG) --run.logger $(LOGGER) \
+		$(if $(EPOCHS),--trainer.max_epochs $(EPOCHS)) \
+		$(if $(DATA_ROOT),--data.init_args.datamodule.init_args.root $(DATA_ROOT)) \
+		$(if $(NAME),--run.name $(NAME)) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff format --check .

@@ -255,10 +255,15 @@ class MetaTaskDataModule(LightningDataModule):
             raise RuntimeError("call setup('fit') before train_dataloader()")
         trainer = self.trainer  # a datamodule's trainer is a plain attribute, None until fit
         world, rank = (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
+        sampler = MetaBatchSampler(self.meta_dataset, world, rank)
+        if trainer is not None:
+            # Lightning builds (and prefetches from) the first iterator before it calls
+            # set_epoch, and a resumed run trains its first epoch on it: start at that epoch
+            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
         return DataLoader(
             self.meta_dataset,
             batch_size=None,
-            sampler=MetaBatchSampler(self.meta_dataset, world, rank),
+            sampler=sampler,
             collate_fn=_as_is,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -8,6 +8,9 @@
    training step consumes at the same resolution: is data the bottleneck?
 4. Compaction: MACs and latency of the backbone with 0–90 % of its input groups zeroed, dense
    vs compacted, at batch 1 and 8, plotted as latency vs sparsity.
+5. Meta: one meta-sparsity outer step (B meta-tasks, K inner steps, support and query batches
+   of b images; second and first order) against one plain multi-task training step at batch b
+   on the same model: is meta-learning λ affordable next to tuning λ by grid search?
 
 Timings are medians of `torch.utils.benchmark.Timer`; the compared statements alternate so that
 machine noise hits them alike. Absolute times are not comparable between runs; ratios are.
@@ -16,11 +19,16 @@ machine noise hits them alike. Absolute times are not comparable between runs; r
 from __future__ import annotations
 
 import argparse
+import logging
+import re
+import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import lightning as L
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -152,9 +160,207 @@ def data_throughput(
         return seen / (time.perf_counter() - start)
 
 
+PARTS = ("prox", "data", "compaction", "meta")
+#: (B, K, first order) outer-step configurations the meta part times by default
+META_CONFIGS = ("2x1", "4x1", "2x2", "2x1fo")
+_META_TASKS = {"seg": 13, "depth": 1, "normal": 3}
+
+
+def parse_meta_config(spec: str) -> tuple[int, int, bool]:
+    """`"4x1"` → (B=4, K=1, second order); `"2x1fo"` → (2, 1, first order)."""
+    match = re.fullmatch(r"(\d+)x(\d+)(fo)?", spec)
+    if match is None or int(match[1]) < 1 or int(match[2]) < 1:
+        raise ValueError(
+            f"meta config must be BxK or BxKfo with B, K >= 1 (e.g. 2x1fo), got {spec!r}"
+        )
+    return int(match[1]), int(match[2]), match[3] is not None
+
+
+def expected_meta_ratio(meta_batch_size: int, inner_steps: int, first_order: bool) -> float:
+    """Outer step / MTL step in a cost model of forward = 1, backward = 2 units, all heads alike.
+
+    MTL step: 1 forward + 1 backward = 3. Per meta-task: K inner steps of forward + backward
+    (3K), the query forward + backward (3); second order also backpropagates through each inner
+    step's forward + backward graph (≈ 2 + 4 = 6 per step). So B·(K+1) first order and
+    B·(3K+1) second order.
+    """
+    per_task = 3 * inner_steps + 3 + (0 if first_order else 6 * inner_steps)
+    return meta_batch_size * per_task / 3
+
+
+def _meta_batch_data(
+    size: int, image_size: int, gen: torch.Generator, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """A random seg (13 classes) + depth + normal batch of `size` square images."""
+    shape = (size, image_size, image_size)
+    batch = {
+        "image": torch.rand(size, 3, *shape[1:], generator=gen),
+        "seg": torch.randint(0, _META_TASKS["seg"], shape, generator=gen),
+        "depth": torch.rand(size, 1, *shape[1:], generator=gen) + 0.1,
+        "normal": torch.nn.functional.normalize(
+            torch.randn(size, 3, *shape[1:], generator=gen), dim=1
+        ),
+    }
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def meta_combinations(count: int) -> list[tuple[str, ...]]:
+    """`count` distinct task combinations of seg, depth, normal, the most heads first: a meta-
+    batch has distinct combinations, and the largest make the outer step's upper bound."""
+    from datamodules.meta import task_combinations
+
+    combos = sorted(task_combinations(list(_META_TASKS)), key=len, reverse=True)
+    if count > len(combos):
+        raise ValueError(f"B={count} exceeds the {len(combos)} distinct task combinations")
+    return combos[:count]
+
+
+class _StepTimer(L.Callback):
+    """ms of every training batch: `training_step` and, under automatic optimization,
+    Lightning's backward and optimizer step (all that happens between the two hooks)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, *args: object) -> None:
+        _sync(self.device)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, *args: object) -> None:
+        _sync(self.device)
+        self.times.append(1e3 * (time.perf_counter() - self._start))
+
+
+class _SameBatch(torch.utils.data.Dataset):
+    def __init__(self, batch: object, length: int) -> None:
+        self.batch, self.length = batch, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> object:
+        return self.batch
+
+
+def _as_is(batch: object) -> object:
+    return batch
+
+
+def _fit_step_times(
+    module: L.LightningModule, batch: object, steps: int, device: torch.device
+) -> list[float]:
+    """ms of each of `steps` training steps of `module` on `batch` (already on `device`), run by
+    a bare Trainer (no logger, checkpoints, progress bar or validation)."""
+    timer = _StepTimer(device)
+    loader = torch.utils.data.DataLoader(
+        _SameBatch(batch, steps), batch_size=None, collate_fn=_as_is
+    )
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.WARNING)  # no "GPU available" banner per fit
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+            warnings.filterwarnings("ignore", ".*but have no `val_dataloader`.*")
+            warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")
+            trainer = L.Trainer(
+                accelerator="gpu" if device.type == "cuda" else "cpu",
+                devices=[device.index or 0] if device.type == "cuda" else 1,
+                max_steps=steps,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                limit_val_batches=0,
+                num_sanity_val_steps=0,
+                callbacks=[timer],
+            )
+            trainer.fit(module, train_dataloaders=loader)
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
+    return timer.times
+
+
+def meta_step_cost(args: argparse.Namespace, device: torch.device) -> dict:
+    """ms of one MTL step and of one meta-sparsity outer step per config, and their ratios.
+
+    Both modules' own `training_step`s run under a bare Trainer, so an outer step is exactly
+    what meta-training does (inner loops, outer backward, rank reduce, ProxAdamW step, logging)
+    and an MTL step is forward, backward and ProxAdamW step (λ > 0, the prox on). Each fit runs
+    `meta_warmup` untimed steps, then `meta_rounds` timed; the MTL step is timed before and
+    after the outer steps so that drifting machine load hits both.
+    """
+    from lightning_mtl.modules import MetaSparsityModule, MultiTaskLightningModule
+    from lightning_mtl.tasks import TargetSpec
+
+    targets = {
+        "seg": TargetSpec("seg", num_classes=_META_TASKS["seg"]),
+        "depth": TargetSpec("depth"),
+        "normal": TargetSpec("normal"),
+    }
+    model = {
+        "tasks": list(_META_TASKS),
+        "targets": targets,
+        "backbone": args.meta_backbone,
+        "backbone_options": {"width": args.meta_width, "layers": list(args.meta_layers)},
+        "head_channels": args.meta_head_channels,
+    }
+    configs = {spec: parse_meta_config(spec) for spec in args.meta_configs}
+    combos = {spec: meta_combinations(count) for spec, (count, _, _) in configs.items()}
+    if args.meta_warmup < 0 or args.meta_rounds < 1:
+        raise ValueError(
+            f"meta_warmup must be >= 0 and meta_rounds >= 1, got {args.meta_warmup}, "
+            f"{args.meta_rounds}"
+        )
+    gen = torch.Generator().manual_seed(0)
+    b, size = args.meta_batch_size, args.meta_image_size
+    steps = args.meta_warmup + args.meta_rounds
+    mtl_batch = _meta_batch_data(b, size, gen, device)
+
+    def mtl_times() -> list[float]:
+        torch.manual_seed(0)
+        mtl = MultiTaskLightningModule(**model, lambda_=1e-4)
+        return _fit_step_times(mtl, mtl_batch, steps, device)[args.meta_warmup :]
+
+    mtl = mtl_times()
+    result: dict[str, dict] = {}
+    for spec, (count, inner_steps, first_order) in configs.items():
+        meta_batch = [
+            {
+                "tasks": combo,
+                "support": _meta_batch_data(b, size, gen, device),
+                "query": _meta_batch_data(b, size, gen, device),
+            }
+            for combo in combos[spec]
+        ]
+        torch.manual_seed(0)
+        module = MetaSparsityModule(
+            **model, lambda_init=1e-4, inner_steps=inner_steps, first_order=first_order
+        )
+        times = _fit_step_times(module, meta_batch, steps, device)[args.meta_warmup :]
+        result[spec] = {
+            "B": count,
+            "K": inner_steps,
+            "first_order": first_order,
+            "tasks": ["+".join(m["tasks"]) for m in meta_batch],
+            "ms": statistics.median(times),
+            "expected_ratio": expected_meta_ratio(count, inner_steps, first_order),
+        }
+    mtl += mtl_times()
+    mtl_ms = statistics.median(mtl)
+    for r in result.values():
+        r["ratio"] = r["ms"] / mtl_ms
+    return {"mtl_ms": mtl_ms, "configs": result}
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="lightning-mtl bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--parts", default="prox,data,compaction", help="comma-separated")
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated")
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--image-size", type=int, default=256, help="side of the square inputs")
     parser.add_argument("--batch-size", type=int, default=2)
@@ -169,8 +375,40 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per timing")
+    meta = parser.add_argument_group(
+        "meta part", "meta-sparsity outer step vs MTL step; its own (smaller) model"
+    )
+    meta.add_argument("--meta-backbone", default="resnet50")
+    meta.add_argument(
+        "--meta-width", type=int, default=16, help="stem/first-stage channels (ResNet: 64)"
+    )
+    meta.add_argument(
+        "--meta-layers",
+        type=int,
+        nargs=4,
+        default=[1, 1, 1, 1],
+        metavar="N",
+        help="blocks per stage (ResNet-50: 3 4 6 3)",
+    )
+    meta.add_argument("--meta-head-channels", type=int, default=64)
+    meta.add_argument("--meta-image-size", type=int, default=48, help="side of the square inputs")
+    meta.add_argument(
+        "--meta-batch-size", type=int, default=2, help="b: MTL batch = support = query size"
+    )
+    meta.add_argument(
+        "--meta-configs",
+        nargs="+",
+        default=list(META_CONFIGS),
+        metavar="BxK[fo]",
+        help="outer steps to time: B meta-tasks x K inner steps, 'fo' = first order",
+    )
+    meta.add_argument("--meta-warmup", type=int, default=1, help="untimed steps per config")
+    meta.add_argument("--meta-rounds", type=int, default=3, help="timed steps per config")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
+    unknown = parts - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}; the parts are {list(PARTS)}")
     device = torch.device(args.device)
     console = Console()
     result: dict = {}
@@ -180,6 +418,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         result["data"] = _data_part(args, device, console)
     if "compaction" in parts:
         result["compaction"] = _compaction_part(args, device, console)
+    if "meta" in parts:
+        result["meta"] = _meta_part(args, device, console)
     return result
 
 
@@ -271,3 +511,39 @@ def _compaction_part(args: argparse.Namespace, device: torch.device, console: Co
         )
     console.print(table)
     return results
+
+
+def _meta_part(args: argparse.Namespace, device: torch.device, console: Console) -> dict:
+    result = meta_step_cost(args, device)
+    layers = "-".join(map(str, args.meta_layers))
+    largest = max(result["configs"].values(), key=lambda r: r["B"])["tasks"]
+    table = Table(
+        title=f"meta-sparsity outer step vs MTL step, dilated {args.meta_backbone} "
+        f"(width {args.meta_width}, blocks {layers}), {args.meta_image_size}², "
+        f"{device.type}, {torch.get_num_threads()} threads",
+        caption=f"MTL step: fwd + bwd + ProxAdamW step on a batch of b = "
+        f"{args.meta_batch_size}, seg+depth+normal heads ({args.meta_head_channels} ch). "
+        "Outer step: MetaSparsityModule.training_step on B meta-tasks with support and query "
+        f"batches of b; meta-tasks are distinct task combinations, most heads first "
+        f"({', '.join(largest)}). ms: median of {args.meta_rounds} steps after "
+        f"{args.meta_warmup} warm-up (MTL: before and after the outer steps). fwds: forward "
+        "passes per step. expected: fwd = 1, bwd = 2, bwd through a bwd = 4 units, heads "
+        "counted as the whole model: B·(K+1) first order, B·(3K+1) second order. At equal "
+        "step counts, meta-sparsity costs as much as a λ grid search of `ratio` values.",
+    )
+    for column in ("step", "B", "K", "order", "fwds", "ms", "ratio", "expected"):
+        table.add_column(column, justify="right")
+    table.add_row("MTL step", "", "", "", "1", f"{result['mtl_ms']:.1f}", "1.00×", "1×")
+    for spec, r in result["configs"].items():
+        table.add_row(
+            f"outer {spec}",
+            str(r["B"]),
+            str(r["K"]),
+            "first" if r["first_order"] else "second",
+            str(r["B"] * (r["K"] + 1)),
+            f"{r['ms']:.1f}",
+            f"{r['ratio']:.2f}×",
+            f"{r['expected_ratio']:.0f}×",
+        )
+    console.print(table)
+    return result

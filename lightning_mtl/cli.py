@@ -18,7 +18,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
 from lightning_mtl.callbacks import PredictionSamples, RunSummary, SparsityMonitor
-from lightning_mtl.modules import MultiTaskLightningModule
+from lightning_mtl.meta_test import MetaTestOptions, check_meta_test, meta_test
+from lightning_mtl.modules import MetaSparsityModule, MultiTaskLightningModule
 from lightning_mtl.tasks import TASK_REGISTRY
 
 
@@ -95,10 +96,8 @@ def _task_keys(tasks: Sequence) -> list[str]:
 
 def _default_run_name(config: Namespace) -> str:
     tasks = "+".join(t if isinstance(t, str) else type(t).__name__ for t in config.model.tasks)
-    return (
-        f"{tasks}_lam{config.model.lambda_:g}_seed{config.seed_everything}_"
-        f"{time.strftime('%Y%m%d-%H%M%S')}"
-    )
+    lam = f"lam{config.model.lambda_:g}" if "lambda_" in config.model else "meta"
+    return f"{tasks}_{lam}_seed{config.seed_everything}_{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _loggers(run_dir: Path, run: Namespace) -> list[Namespace]:
@@ -151,6 +150,48 @@ def _fit_cli(args: Sequence[str]) -> None:
     )
 
 
+class MetaCLI(LightningMTLCLI):
+    """The fit CLI for MetaSparsityModule plus the `meta_test` options."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_class_arguments(MetaTestOptions, "meta_test")
+
+
+def _meta(args: Sequence[str]) -> None:
+    """Meta-train (MetaSparsityModule on a MetaTaskDataModule), then meta-test; one table."""
+    from datamodules.meta import MetaTaskDataModule
+
+    os.environ.setdefault("WANDB_QUIET", "true")
+    cli = MetaCLI(
+        MetaSparsityModule,
+        MetaTaskDataModule,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        run=False,
+        args=list(args),
+    )
+    options = MetaTestOptions(**vars(cli.config.meta_test))
+    plain_data = cli.datamodule.datamodule
+    check_meta_test(options, list(cli.model.tasks), plain_data.targets)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    cli.after_fit()
+    trainer = cli.trainer
+    out = Path(trainer.log_dir or trainer.default_root_dir) / "meta_test"
+    rows = meta_test(cli.model, plain_data, options, out, _placement(cli.config.trainer))
+    if trainer.is_global_zero and rows:
+        print((out / "meta_test.md").read_text())
+        print(f"meta-test tables: {out / 'meta_test.md'}, {out / 'meta_test.csv'}")
+
+
+def _placement(trainer: Namespace) -> dict[str, object]:
+    """Where the meta-training ran (accelerator, devices, strategy, precision), for the
+    meta-test trainers; a strategy given as a class config stays with Lightning's default."""
+    keys = ("accelerator", "devices", "num_nodes", "strategy", "precision")
+    return {k: trainer[k] for k in keys if isinstance(trainer[k], str | int | list)}
+
+
 def _bench(args: Sequence[str]) -> None:
     from lightning_mtl.benchmark import main as bench_main
 
@@ -199,6 +240,7 @@ def _data(args: Sequence[str]) -> None:
 
 
 JOBS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
+    "meta": (_meta, "--config FILE: meta-train λ (MetaSparsityModule), then meta-test, table"),
     "bench": (_bench, "prox cost vs AdamW and in a training step; data loader vs training"),
     "data": (_data, "data check --data nyuv2|celebamask --root DIR: report every problem"),
     "compact": (_compact, "--ckpt FILE --out DIR: remove zero channel groups, save/export"),

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_mtl.benchmark import main
+from lightning_mtl.benchmark import PARTS, expected_meta_ratio, main, parse_meta_config
 
 
 def test_bench_reports_the_prox_cost_the_data_pipeline_and_compaction(capsys, tmp_path):
     tiny = ["--backbone", "resnet18", "--image-size", "32", "--head-channels", "8"]
     data = ["--data-size", "32", "48", "--data-workers", "0", "--data-images", "16"]
     plot = tmp_path / "latency.png"
-    result = main([*tiny, *data, "--plot", str(plot), "--rounds", "1", "--min-run-time", "0.05"])
+    parts = ["--parts", "prox,data,compaction"]  # meta: its own test
+    timing = ["--rounds", "1", "--min-run-time", "0.05"]
+    result = main([*parts, *tiny, *data, "--plot", str(plot), *timing])
     opt, step = result["optimizer_step"], result["training_step"]
     assert opt["convs"] == 20
     assert all(opt[k] > 0 for k in ("AdamW", "ProxAdamW adaptive", "ProxAdamW euclidean"))
@@ -45,3 +47,59 @@ def test_compaction_bench_measures_a_trained_checkpoint(tmp_path, sparse_checkpo
     expected = sparsity_stats(module.model.backbone).group_pct / 100
     assert trained[0]["sparsity"] == pytest.approx(expected)
     assert trained[0]["params_compacted"] < trained[0]["params_dense"]
+
+
+TINY_META = [
+    "--meta-backbone",
+    "resnet18",
+    "--meta-width",
+    "8",
+    "--meta-head-channels",
+    "8",
+    "--meta-image-size",
+    "16",
+    "--meta-warmup",
+    "0",
+    "--meta-rounds",
+    "1",
+]
+
+
+def test_meta_bench_times_outer_steps_against_the_mtl_step(capsys):
+    assert "meta" in PARTS  # in the default parts: `make bench` runs it
+    configs = ["2x1", "1x2fo"]
+    result = main(["--parts", "meta", "--device", "cpu", *TINY_META, "--meta-configs", *configs])
+    meta = result["meta"]
+    assert meta["mtl_ms"] > 0
+    assert list(meta["configs"]) == configs
+    for spec, r in meta["configs"].items():
+        assert (r["B"], r["K"], r["first_order"]) == parse_meta_config(spec)
+        assert r["ms"] > 0
+        assert r["ratio"] == pytest.approx(r["ms"] / meta["mtl_ms"])
+        assert len(r["tasks"]) == len(set(r["tasks"])) == r["B"]  # distinct combinations
+    assert meta["configs"]["2x1"]["tasks"] == ["seg+depth+normal", "seg+depth"]
+    out = capsys.readouterr().out
+    rows = {}  # the table's body rows: step | B | K | order | fwds | ms | ratio | expected
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) == 8 and cells[5] and cells[5] != "ms":
+            ms, ratio, expected = cells[5], cells[6].removesuffix("×"), cells[7].removesuffix("×")
+            rows[cells[0]] = (float(ms), float(ratio), float(expected))
+    assert set(rows) == {"MTL step", *(f"outer {c}" for c in configs)}, out
+    assert rows["MTL step"][1:] == (1.0, 1.0)
+    for spec, r in meta["configs"].items():
+        ms, ratio, expected = rows[f"outer {spec}"]
+        assert ms > 0 and ratio > 0
+        assert ratio == pytest.approx(r["ratio"], abs=0.01)
+        assert expected == pytest.approx(r["expected_ratio"])
+
+
+def test_meta_cost_model_and_configs():
+    assert parse_meta_config("4x1") == (4, 1, False)
+    assert parse_meta_config("2x3fo") == (2, 3, True)
+    for bad in ("0x1", "2x0", "2", "2x1so"):
+        with pytest.raises(ValueError, match="BxK"):
+            parse_meta_config(bad)
+    assert expected_meta_ratio(2, 1, first_order=True) == 4  # B·(K+1)
+    assert expected_meta_ratio(2, 1, first_order=False) == 8  # B·(3K+1)
+    assert expected_meta_ratio(2, 2, first_order=False) == 14

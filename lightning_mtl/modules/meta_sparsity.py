@@ -99,6 +99,8 @@ class MetaSparsityModule(MultiTaskLightningModule):
             group_by=group_by,
             sparse_layers=sparse_layers,
         )
+        self.hparams.clear()  # the parent recorded its own arguments; keep this class's
+        self.save_hyperparameters(ignore=["optimizer"])
         self.automatic_optimization = False
         shape = (len(self.sparse_names),) if per_layer_lambda else ()
         self.rho = nn.Parameter(torch.full(shape, math.log(lambda_init)))
@@ -115,6 +117,42 @@ class MetaSparsityModule(MultiTaskLightningModule):
     def current_lambda(self) -> float:
         """λ (the mean over layers when λ is per layer)."""
         return float(self.rho.detach().exp().mean())
+
+    # -- meta-test ---------------------------------------------------------------------------
+
+    def finetune_module(
+        self,
+        tasks: Sequence[str | Task],
+        targets: Mapping[str, TargetSpec] | None = None,
+        meta_init: bool = True,
+        **overrides: Any,
+    ) -> MultiTaskLightningModule:
+        """A MultiTaskLightningModule for `tasks` with λ* fixed (per layer when learned so).
+
+        `meta_init=True` starts from the meta-learned θ*: the backbone and the heads of tasks
+        that were meta-trained; any other task gets a new head. `meta_init=False` starts from
+        scratch (the reference a meta-test compares with). `overrides` go to the module (the
+        optimizer, the weighting, …).
+        """
+        hp = self.hparams
+        options: dict[str, Any] = {
+            "backbone": hp.backbone,
+            "backbone_options": hp.backbone_options,
+            "head_channels": hp.head_channels,
+            "lambda_": self.current_lambda,
+            "prox": hp.prox,
+            "group_by": hp.group_by,
+            "sparse_layers": hp.sparse_layers,
+        }
+        if hp.per_layer_lambda:
+            options["layer_lambdas"] = {n: float(v) for n, v in self.layer_lambdas().items()}
+        module = MultiTaskLightningModule(tasks, targets, **{**options, **overrides})
+        if meta_init:
+            module.model.backbone.load_state_dict(self.model.backbone.state_dict())
+            for key, head in module.model.heads.items():
+                if key in self.model.heads:
+                    head.load_state_dict(self.model.heads[key].state_dict())
+        return module
 
     # -- the meta objective ------------------------------------------------------------------
 
@@ -203,9 +241,9 @@ class MetaSparsityModule(MultiTaskLightningModule):
         ]
         self._apply_reduced(named, grads, result.buffers)
         lambdas = self.layer_lambdas()
-        for group in self.optimizers().optimizer.param_groups:
-            if group["name"].startswith("sparse_convs"):
-                group["lambda_"] = float(_group_lambda(group["name"], lambdas).detach())
+        for group in self._sparse_param_groups():
+            layer = group.get("layer", self.sparse_names[0])  # one group: λ is a scalar
+            group["lambda_"] = float(lambdas[layer].detach())
         self.optimizers().step()
         self.optimizers().zero_grad()
         self._log_step(result, len(meta_batch))
@@ -215,19 +253,21 @@ class MetaSparsityModule(MultiTaskLightningModule):
     def _apply_reduced(
         self, named: list[tuple[str, Tensor]], grads: list[Tensor], buffers: Mapping[str, Tensor]
     ) -> None:
-        """Average gradients and BN stats over ranks in one all-reduce; set .grad and buffers."""
+        """Average gradients and BN stats over ranks in one all-reduce; set .grad and buffers.
+
+        Integer buffers (BN batch counts) travel as floats, exact up to 2²⁴, and are rounded.
+        """
         model_buffers = dict(self.model.named_buffers())
-        float_buffers = [n for n, b in buffers.items() if b.is_floating_point()]
-        parts = [g.reshape(-1) for g in grads] + [buffers[n].reshape(-1) for n in float_buffers]
+        dtype = grads[0].dtype
+        parts = [g.reshape(-1) for g in grads] + [b.reshape(-1).to(dtype) for b in buffers.values()]
         flat = self.trainer.strategy.reduce(torch.cat(parts), reduce_op="mean")
         chunks = iter(flat.split([t.numel() for t in parts]))
-        for (_, p), chunk in zip(named, chunks, strict=False):  # buffers follow
+        for (_, p), chunk in zip(named, chunks, strict=False):  # the buffers follow
             p.grad = chunk.view_as(p).clone()
-        for n in float_buffers:
-            model_buffers[n].copy_(next(chunks).view_as(model_buffers[n]))
-        for n, b in buffers.items():
-            if not b.is_floating_point():
-                model_buffers[n].copy_(b)
+        for n in buffers:
+            target = model_buffers[n]
+            chunk = next(chunks).view_as(target)
+            target.copy_(chunk if target.is_floating_point() else chunk.round())
 
     def _log_step(self, result: MetaLoss, count: int) -> None:
         log = {"batch_size": count, "on_step": True, "on_epoch": False}
@@ -258,25 +298,12 @@ class MetaSparsityModule(MultiTaskLightningModule):
     # -- optimisation ------------------------------------------------------------------------
 
     def optimizer_param_groups(self) -> list[dict[str, Any]]:
-        """The MTL groups (the grouped convs split per layer when λ is per layer) plus `rho`."""
-        groups = super().optimizer_param_groups()
-        if self.hparams.per_layer_lambda:
-            sparse = next(g for g in groups if g["name"] == "sparse_convs")
-            index = groups.index(sparse)
-            groups[index : index + 1] = [
-                {**sparse, "name": f"sparse_convs/{name}", "params": [w]}
-                for name, w in self.sparse_weights()
-            ]
-        groups.append(
-            {
-                "name": "rho",
-                "params": [self.rho],
-                "lr": self.hparams.rho_lr,
-                "lambda_": 0.0,
-                "weight_decay": 0.0,
-            }
-        )
-        return groups
+        """The MTL groups (one `sparse_convs/{name}` per conv when λ is per layer) plus `rho`."""
+        rho = {"name": "rho", "params": [self.rho], "lr": self.hparams.rho_lr, "lambda_": 0.0}
+        return [*super().optimizer_param_groups(), {**rho, "weight_decay": 0.0}]
+
+    def _split_sparse_group(self) -> bool:
+        return self.hparams.per_layer_lambda
 
     def on_train_epoch_start(self) -> None:
         """λ comes from ρ at every step; no warm-up switch."""
@@ -286,12 +313,6 @@ def _belongs_to(param_name: str, keys: Sequence[str]) -> bool:
     """Whether a MultiTaskModel parameter is adapted for a meta-task: backbone or its heads."""
     part, _, rest = param_name.partition(".")
     return part == "backbone" or (part == "heads" and rest.split(".")[0] in keys)
-
-
-def _group_lambda(group_name: str, lambdas: Mapping[str, Tensor]) -> Tensor:
-    """λ of the `sparse_convs` group (scalar λ) or of `sparse_convs/{layer}` (per-layer λ)."""
-    _, _, layer = group_name.partition("/")
-    return lambdas[layer] if layer else next(iter(lambdas.values()))
 
 
 def _check_meta_options(

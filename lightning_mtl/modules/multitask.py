@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -18,6 +19,20 @@ from lightning_mtl.sparsity.groups import GROUP_BY, NamedWeights
 from lightning_mtl.sparsity.optimizer import PENALTIES, PROXES
 from lightning_mtl.tasks import TargetSpec, Task, build_task
 from lightning_mtl.weighting import build_weighting
+
+
+@dataclass(frozen=True)
+class SparsityOptions:
+    """The sparsity settings of a module (see `MultiTaskLightningModule`'s arguments)."""
+
+    lambda_: float
+    layer_lambdas: dict[str, float] | None
+    prox: str
+    penalty: str
+    group_by: str
+    prox_start_epoch: int
+    param_groups: dict[str, dict[str, float]] | None
+
 
 #: Optimizer param groups the module builds, in order. `param_groups` overrides them by name.
 PARAM_GROUPS: tuple[str, ...] = ("sparse_convs", "backbone", "heads", "loss_weights")
@@ -39,6 +54,9 @@ class MultiTaskLightningModule(L.LightningModule):
         optimizer: optimizer factory taking param groups; `ProxAdamW` applies the prox.
         lr_scheduler: optional scheduler factory.
         lambda_: group-lasso strength λ of the sparse convs (0 = dense).
+        layer_lambdas: λ per grouped conv by name, overriding `lambda_` for those convs (e.g.
+            a meta-learned per-layer λ*); each conv then gets its own param group
+            `sparse_convs/{name}`.
         prox: `adaptive` (Adam's metric) or `euclidean`.
         penalty: `group_lasso` or `l1` (unstructured baseline).
         group_by: `in_channel` (the papers) or `out_channel`.
@@ -59,6 +77,7 @@ class MultiTaskLightningModule(L.LightningModule):
         optimizer: OptimizerCallable = ProxAdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         lambda_: float = 0.0,
+        layer_lambdas: dict[str, float] | None = None,
         prox: str = "adaptive",
         penalty: str = "group_lasso",
         group_by: str = "in_channel",
@@ -78,6 +97,11 @@ class MultiTaskLightningModule(L.LightningModule):
         self.model = MultiTaskModel(net, heads)
         self.weighting = build_weighting(weighting, list(self.tasks))
         self.sparse_names = [name for name, _ in conv_weights(self.model, sparse_layers)]
+        _check_layer_lambdas(layer_lambdas, self.sparse_names)
+        # read from here, not from hparams: a subclass saves its own hyperparameters
+        self.sparsity = SparsityOptions(
+            lambda_, layer_lambdas, prox, penalty, group_by, prox_start_epoch, param_groups
+        )
         self.val_metrics = nn.ModuleDict(
             {k: t.build_metrics().clone(prefix=f"val/{k}/") for k, t in self.tasks.items()}
         )
@@ -98,19 +122,32 @@ class MultiTaskLightningModule(L.LightningModule):
         convs = dict(self.model.backbone.conv_layers())
         return [(name, convs[name].weight) for name in self.sparse_names]
 
+    def configured_lambda(self, layer: str) -> float:
+        """λ of one grouped conv once the warm-up is over (`layer_lambdas` or `lambda_`)."""
+        return float((self.sparsity.layer_lambdas or {}).get(layer, self.sparsity.lambda_))
+
     @property
     def current_lambda(self) -> float:
-        """λ the optimizer applies now (0 during warm-up)."""
-        group = self._sparse_param_group()
-        return float(self.hparams.lambda_ if group is None else group["lambda_"])
+        """λ the optimizer applies now (0 during warm-up; the mean over layers when per layer)."""
+        groups = self._sparse_param_groups()
+        if groups:
+            values = [g["lambda_"] for g in groups for _ in g["params"]]
+        else:
+            values = [self.configured_lambda(name) for name in self.sparse_names]
+        return float(sum(values) / len(values)) if values else 0.0
 
-    def _sparse_param_group(self) -> dict[str, Any] | None:
-        """The optimizer's `sparse_convs` param group, once a Trainer has built the optimizer."""
-        for optimizer in self._trainer.optimizers if self._trainer is not None else []:
-            for group in optimizer.param_groups:
-                if group.get("name") == "sparse_convs":
-                    return group
-        return None
+    def _split_sparse_group(self) -> bool:
+        """Whether every grouped conv gets its own param group (per-layer λ)."""
+        return self.sparsity.layer_lambdas is not None
+
+    def _sparse_param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's `sparse_convs…` param groups, once a Trainer has built it."""
+        return [
+            group
+            for optimizer in (self._trainer.optimizers if self._trainer is not None else [])
+            for group in optimizer.param_groups
+            if group.get("name", "").startswith("sparse_convs")
+        ]
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -156,17 +193,25 @@ class MultiTaskLightningModule(L.LightningModule):
 
     def optimizer_param_groups(self) -> list[dict[str, Any]]:
         """Param groups named `sparse_convs`, `backbone`, `heads`, `loss_weights`."""
-        hp = self.hparams
+        hp = self.sparsity
         sparse = [w for _, w in self.sparse_weights()]
         sparse_ids = {id(w) for w in sparse}
+        sparsity = {"prox": hp.prox, "penalty": hp.penalty, "group_by": hp.group_by}
+        # λ is 0 during warm-up: see on_train_epoch_start
+        if self._split_sparse_group():
+            sparse_groups = {
+                f"sparse_convs/{name}": {
+                    "params": [w],
+                    "layer": name,
+                    "lambda_": self.configured_lambda(name),
+                    **sparsity,
+                }
+                for name, w in self.sparse_weights()
+            }
+        else:
+            sparse_groups = {"sparse_convs": {"params": sparse, "lambda_": hp.lambda_, **sparsity}}
         groups: dict[str, dict[str, Any]] = {
-            "sparse_convs": {
-                "params": sparse,
-                "lambda_": hp.lambda_,  # 0 during warm-up: see on_train_epoch_start
-                "prox": hp.prox,
-                "penalty": hp.penalty,
-                "group_by": hp.group_by,
-            },
+            **sparse_groups,
             "backbone": {
                 "params": [p for p in self.model.backbone.parameters() if id(p) not in sparse_ids],
                 "lambda_": 0.0,
@@ -175,14 +220,17 @@ class MultiTaskLightningModule(L.LightningModule):
             "loss_weights": {"params": list(self.weighting.parameters()), "lambda_": 0.0},
         }
         for name, overrides in (hp.param_groups or {}).items():
-            groups[name].update(overrides)
+            for group_name, group in groups.items():
+                if group_name.split("/")[0] == name:
+                    group.update(overrides)
         return [{"name": n, **g} for n, g in groups.items() if g["params"]]
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.optimizer_param_groups())
-        if self.hparams.lambda_ > 0 and not isinstance(optimizer, ProxAdamW):
+        strongest = max((self.configured_lambda(n) for n in self.sparse_names), default=0.0)
+        if strongest > 0 and not isinstance(optimizer, ProxAdamW):
             raise ValueError(
-                f"lambda_={self.hparams.lambda_} needs an optimizer that applies the prox "
+                f"lambda_={strongest} needs an optimizer that applies the prox "
                 f"(lightning_mtl.sparsity.ProxAdamW); got {type(optimizer).__name__}"
             )
         if self.lr_scheduler_factory is None:
@@ -191,10 +239,11 @@ class MultiTaskLightningModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         """Switch the prox on once the warm-up epochs are over."""
-        group = self._sparse_param_group()
-        if group is not None:
-            active = self.current_epoch >= self.hparams.prox_start_epoch
-            group["lambda_"] = self.hparams.lambda_ if active else 0.0
+        active = self.current_epoch >= self.sparsity.prox_start_epoch
+        for group in self._sparse_param_groups():
+            layer = group.get("layer")
+            configured = self.sparsity.lambda_ if layer is None else self.configured_lambda(layer)
+            group["lambda_"] = configured if active else 0.0
 
     # -- exact resume ------------------------------------------------------------------------
     # The global RNG streams (shuffling, dropout) are checkpointed and restored when the
@@ -252,6 +301,17 @@ def _resolve_tasks(tasks: Sequence[str | Task], targets: Mapping[str, TargetSpec
             raise ValueError(f"task {task.key!r} is listed twice")
         resolved[task.key] = task
     return resolved
+
+
+def _check_layer_lambdas(layer_lambdas: Mapping[str, float] | None, names: list[str]) -> None:
+    unknown = sorted(set(layer_lambdas or {}) - set(names))
+    if unknown:
+        raise ValueError(
+            f"layer_lambdas names unknown convs {unknown}; the grouped convs are {names}"
+        )
+    negative = {n: v for n, v in (layer_lambdas or {}).items() if not v >= 0}
+    if negative:
+        raise ValueError(f"layer_lambdas must be >= 0, got {negative}")
 
 
 def _check_sparsity_options(
