@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -30,6 +31,8 @@ class MetaTestOptions:
         scratch: also fine-tune every task set from a random init with the same λ*: the
             reference that shows what the meta-learned initialisation is worth.
         seed: seed of every fine-tuning run, so the rows differ only in what they compare.
+        patience: stop a fine-tuning run early when `val/loss` has not improved for this many
+            epochs (None: run all `epochs`).
     """
 
     seen: list[list[str]] = field(default_factory=list)
@@ -38,6 +41,7 @@ class MetaTestOptions:
     lr: float = 1e-4
     scratch: bool = True
     seed: int = 0
+    patience: int | None = None
 
 
 def check_meta_test(
@@ -47,6 +51,8 @@ def check_meta_test(
     provide, a `seen` set with a task not meta-trained, an `unseen` set with none held out."""
     if options.epochs < 1:
         raise ValueError(f"meta_test.epochs must be >= 1, got {options.epochs}")
+    if options.patience is not None and options.patience < 1:
+        raise ValueError(f"meta_test.patience must be >= 1 or null, got {options.patience}")
     for phase, task_sets in (("seen", options.seen), ("unseen", options.unseen)):
         for tasks in task_sets:
             if not tasks:
@@ -101,8 +107,10 @@ def meta_test(
                     optimizer=functools.partial(ProxAdamW, lr=options.lr, eps=1e-6),
                 )
                 name = f"{phase}_{init}_{'+'.join(tasks)}"
+                stop = [EarlyStopping("val/loss", patience=options.patience)]
                 trainer = L.Trainer(
                     max_epochs=options.epochs,
+                    callbacks=stop if options.patience is not None else [],
                     logger=CSVLogger(out, name=name, version=""),
                     enable_checkpointing=False,
                     enable_model_summary=False,

@@ -29,7 +29,7 @@ TINY = [
 def test_help_lists_every_subcommand(capsys):
     main(["--help"])
     out = capsys.readouterr().out
-    for name in ("fit", "validate", "test", "predict", "bench"):
+    for name in ("fit", "validate", "test", "predict", "meta", "bench"):
         assert f"\n  {name} " in out
 
 
