@@ -169,7 +169,8 @@ class MetaTaskDataModule(LightningDataModule):
     `targets` and the state dict are the wrapped module's.
 
     Build the wrapped module with `tasks=None` (or a superset of the meta tasks): its samples must
-    carry every target a combination may ask for. `tasks=None` here means all its `targets`.
+    carry every target a combination may ask for. `tasks=None` here means the wrapped module's
+    own tasks (all its `targets` when it was built with `tasks=None`).
     """
 
     def __init__(
@@ -186,8 +187,10 @@ class MetaTaskDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.datamodule = datamodule
-        self.tasks = datamodule.select_tasks(tasks, datamodule.targets, "the wrapped datamodule")
         provided = getattr(datamodule, "tasks", None)
+        if tasks is None and provided is not None:
+            tasks = list(provided)
+        self.tasks = datamodule.select_tasks(tasks, datamodule.targets, "the wrapped datamodule")
         if provided is not None and (missing := [t for t in self.tasks if t not in provided]):
             raise ValueError(
                 f"the wrapped datamodule was built with tasks={list(provided)}, so its samples "

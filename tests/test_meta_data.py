@@ -201,6 +201,7 @@ def test_datamodule_needs_the_meta_tasks_in_the_wrapped_samples():
     with pytest.raises(ValueError, match=r"lack \['normal'\]; build it with tasks=None"):
         MetaTaskDataModule(inner, tasks=TASKS)
     MetaTaskDataModule(inner, tasks=["seg", "depth"], meta_batch_size=3)
+    assert MetaTaskDataModule(inner, meta_batch_size=3).tasks == ("seg", "depth")  # its own tasks
 
 
 def test_datamodule_setup_checks_train_size():
