@@ -6,6 +6,7 @@ from lightning_mtl.sparsity.compact import (
     export_onnx,
     export_torchscript,
     load_compacted,
+    macs_and_params,
     save_compacted,
 )
 from lightning_mtl.sparsity.groups import conv_weights, group_size, live_groups
@@ -25,6 +26,7 @@ __all__ = [
     "group_size",
     "live_groups",
     "load_compacted",
+    "macs_and_params",
     "save_compacted",
     "sparsity_stats",
 ]

@@ -79,7 +79,7 @@ def compact(model: nn.Module, example_inputs: Tensor | None = None) -> Compactio
     if example_inputs is None:
         param = next(model.parameters())
         example_inputs = torch.rand(1, 3, 64, 64, device=param.device, dtype=param.dtype)
-    macs_before, params_before = _count(model, example_inputs)
+    macs_before, params_before = macs_and_params(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
     removed: dict[str, int] = defaultdict(int)
     with _restore_mode(model), torch.enable_grad():
@@ -93,7 +93,7 @@ def compact(model: nn.Module, example_inputs: Tensor | None = None) -> Compactio
                 group.prune()
             except Exception as e:  # name the layer torch-pruning failed on
                 raise RuntimeError(f"torch-pruning failed to prune {names[root]}: {e}") from e
-    macs_after, params_after = _count(model, example_inputs)
+    macs_after, params_after = macs_and_params(model, example_inputs)
     order = {n: i for i, n in enumerate(names.values())}
     return CompactionReport(
         params_before=params_before,
@@ -171,7 +171,7 @@ def _producer_fn(module: nn.Module) -> object:
     return _PRODUCERS[0] if isinstance(module, nn.Conv2d) else _PRODUCERS[1]
 
 
-def _count(model: nn.Module, example_inputs: Tensor) -> tuple[int, int]:
+def macs_and_params(model: nn.Module, example_inputs: Tensor) -> tuple[int, int]:
     """(MACs, params) as torch-pruning counts them, leaving the model's mode as it was."""
     with _restore_mode(model), torch.no_grad():
         macs, params = tp.utils.count_ops_and_params(model, example_inputs)
