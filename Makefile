@@ -8,6 +8,8 @@ TASKS     ?=
 DATA      ?= synthetic
 CONFIG    ?= experiments/$(DATA).yaml
 META_CONFIG ?= experiments/meta/$(DATA).yaml
+LOMT_CONFIG ?= experiments/lomt/$(DATA).yaml
+comma := ,
 LOGGER    ?= wandb
 EPOCHS    ?=
 LAMBDA    ?=
@@ -22,7 +24,7 @@ TRAIN_FLAGS := --config $(CONFIG) --run.logger $(LOGGER) \
 	$(if $(DATA_ROOT),--data.init_args.root $(DATA_ROOT)) \
 	$(if $(NAME),--run.name $(NAME))
 
-.PHONY: install train meta test test-fast bench lint format clean
+.PHONY: install train meta lomt test test-fast bench lint format clean
 
 install: $(STAMP)
 
@@ -40,6 +42,11 @@ meta: $(STAMP)
 		$(if $(EPOCHS),--trainer.max_epochs $(EPOCHS)) \
 		$(if $(DATA_ROOT),--data.init_args.datamodule.init_args.root $(DATA_ROOT)) \
 		$(if $(NAME),--run.name $(NAME)) $(ARGS)
+
+# LOMT: stage-1 single-task profiles -> taps -> LOMT vs conventional; writes the comparison
+lomt: $(STAMP)
+	$(BIN)/lightning-mtl lomt --config $(LOMT_CONFIG) \
+		$(if $(DATA_ROOT),--args '[--data.init_args.root$(comma) $(DATA_ROOT)]') $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff format --check .

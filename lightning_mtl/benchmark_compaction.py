@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,13 @@ from lightning_mtl.models import DilatedResNet
 from lightning_mtl.sparsity import conv_weights
 from lightning_mtl.sparsity.compact import compact
 
-__all__ = ["benchmark_compaction", "latency_plot", "measure_compaction", "zero_random_groups"]
+__all__ = [
+    "benchmark_compaction",
+    "latency_ms",
+    "latency_plot",
+    "measure_compaction",
+    "zero_random_groups",
+]
 
 SPARSITIES: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7, 0.9)
 
@@ -30,17 +36,18 @@ def zero_random_groups(model: nn.Module, fraction: float, generator: torch.Gener
         weight[:, idx] = 0
 
 
-def _latency_ms(
-    dense: nn.Module, compacted: nn.Module, x: torch.Tensor, rounds: int, min_run_time: float
-) -> tuple[float, float]:
-    """Median latency (ms) of both models, measured in alternating rounds so drift hits both."""
-    times: dict[str, list[float]] = {"dense": [], "compacted": []}
+def latency_ms(
+    models: Mapping[str, nn.Module], x: torch.Tensor, rounds: int = 5, min_run_time: float = 0.2
+) -> dict[str, float]:
+    """Median inference latency (ms) of each model on `x`, measured in alternating rounds so
+    that the machine's drift hits every model alike."""
+    times: dict[str, list[float]] = {key: [] for key in models}
     with torch.inference_mode():
         for _ in range(rounds):
-            for key, model in (("dense", dense), ("compacted", compacted)):
+            for key, model in models.items():
                 timer = benchmark.Timer("model(x)", globals={"model": model, "x": x})
                 times[key].append(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
-    return statistics.median(times["dense"]), statistics.median(times["compacted"])
+    return {key: statistics.median(values) for key, values in times.items()}
 
 
 def benchmark_compaction(
@@ -90,7 +97,8 @@ def measure_compaction(
     rows = []
     for batch in batch_sizes:
         x = torch.rand(batch, 3, image_size, image_size, device=device)
-        dense_ms, compact_ms = _latency_ms(dense, compacted, x, rounds, min_run_time)
+        ms = latency_ms({"dense": dense, "compacted": compacted}, x, rounds, min_run_time)
+        dense_ms, compact_ms = ms["dense"], ms["compacted"]
         rows.append(
             {
                 **labels,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import netrc
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -185,6 +186,32 @@ def _meta(args: Sequence[str]) -> None:
         print(f"meta-test tables: {out / 'meta_test.md'}, {out / 'meta_test.csv'}")
 
 
+def _lomt(args: Sequence[str]) -> None:
+    """LOMT: stage-1 profiles → taps → LOMT vs conventional; prints the comparison."""
+    import dataclasses
+
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from lightning_mtl.lomt.pipeline import LOMTOptions, run_pipeline
+
+    os.environ.setdefault("WANDB_QUIET", "true")
+    parser = ArgumentParser(
+        prog="lightning-mtl lomt",
+        description="Layer-optimized multi-task models: single-task sparse runs pick each "
+        "task's tap; LOMT and conventional models are trained and compared.",
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="a LOMT YAML (experiments/lomt)")
+    parser.add_class_arguments(LOMTOptions)
+    init = parser.instantiate(parser.parse_args(list(args)))
+    options = LOMTOptions(**{f.name: init[f.name] for f in dataclasses.fields(LOMTOptions)})
+    rows = run_pipeline(options)
+    root = Path(options.root)
+    if rows:
+        print((root / "comparison.md").read_text())
+        print(f"comparison: {root / 'comparison.md'}, {root / 'comparison.csv'}")
+    print(f"profiles and stage-2 taps: {root / 'profiles'}, {root / 'stage2.yaml'}")
+
+
 def _placement(trainer: Namespace) -> dict[str, object]:
     """Where the meta-training ran (accelerator, devices, strategy, precision), for the
     meta-test trainers; a strategy given as a class config stays with Lightning's default."""
@@ -241,6 +268,7 @@ def _data(args: Sequence[str]) -> None:
 
 JOBS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
     "meta": (_meta, "--config FILE: meta-train λ (MetaSparsityModule), then meta-test, table"),
+    "lomt": (_lomt, "--config FILE: LOMT stage 1 → tap selection → LOMT vs conventional"),
     "bench": (_bench, "prox cost vs AdamW and in a training step; data loader vs training"),
     "data": (_data, "data check --data nyuv2|celebamask --root DIR: report every problem"),
     "compact": (_compact, "--ckpt FILE --out DIR: remove zero channel groups, save/export"),
@@ -267,10 +295,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         jobs = "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in JOBS.items())
         print(HELP.format(jobs=jobs))
         return
-    if args[0] in JOBS:
-        JOBS[args[0]][0](args[1:])
-        return
-    _fit_cli(args)
+    with _argv_consumed():
+        if args[0] in JOBS:
+            JOBS[args[0]][0](args[1:])
+        else:
+            _fit_cli(args)
+
+
+@contextlib.contextmanager
+def _argv_consumed() -> Iterator[None]:
+    """The command line is parsed here; the LightningCLIs a command builds get `args` only
+    (LightningCLI warns when it sees both)."""
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 if __name__ == "__main__":

@@ -13,7 +13,14 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lightning_mtl.models import MultiTaskModel, build_backbone, build_head
+from lightning_mtl.models import (
+    TAP_OUTPUTS,
+    LayerOptimizedModel,
+    MultiTaskModel,
+    TruncatedBackbone,
+    build_backbone,
+    build_head,
+)
 from lightning_mtl.sparsity import ProxAdamW, conv_weights
 from lightning_mtl.sparsity.groups import GROUP_BY, NamedWeights
 from lightning_mtl.sparsity.optimizer import PENALTIES, PROXES
@@ -64,6 +71,15 @@ class MultiTaskLightningModule(L.LightningModule):
         prox_start_epoch: epochs of dense warm-up before the prox is applied.
         param_groups: per-group overrides, e.g. `{"heads": {"lr": 1e-3}}`; groups are
             `sparse_convs`, `backbone`, `heads`, `loss_weights`.
+        taps: LOMT stage 2 (layer-optimized model): task key → the backbone conv its head reads
+            (`{"seg": "layer3.3.conv1", "edge": "layer2.3.conv2"}`), one per task. The backbone
+            then stops after the deepest tap (`TruncatedBackbone`: nothing after it is computed
+            or kept, so `sparse_layers` and the sparsity statistics see only the kept convs) and
+            each head is built for its tap's channel count (`LayerOptimizedModel`). `None`: the
+            conventional model, every head on the last feature map.
+        tap_output: what a tap reads with `taps`: `conv` (the raw conv output, as the LOMT
+            authors did) or `block` (the output of the residual block holding the conv; a stem
+            conv gives its own output).
     """
 
     def __init__(
@@ -84,17 +100,38 @@ class MultiTaskLightningModule(L.LightningModule):
         sparse_layers: str | None = None,
         prox_start_epoch: int = 0,
         param_groups: dict[str, dict[str, float]] | None = None,
+        taps: dict[str, str] | None = None,
+        tap_output: str = "conv",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         _check_sparsity_options(lambda_, prox, penalty, group_by, prox_start_epoch, param_groups)
         self.tasks: dict[str, Task] = _resolve_tasks(tasks, targets or {})
         net = build_backbone(backbone, **(backbone_options or {}))
-        heads = {
-            key: build_head(task.head, net.out_channels, task.out_channels, head_channels)
-            for key, task in self.tasks.items()
-        }
-        self.model = MultiTaskModel(net, heads)
+        if tap_output not in TAP_OUTPUTS:
+            raise ValueError(
+                f"unknown tap_output {tap_output!r}; choose one of {list(TAP_OUTPUTS)}"
+            )
+        if taps is None:
+            heads = {
+                key: build_head(task.head, net.out_channels, task.out_channels, head_channels)
+                for key, task in self.tasks.items()
+            }
+            self.model = MultiTaskModel(net, heads)
+        else:
+            _check_taps(taps, list(self.tasks))
+            task_taps = {key: taps[key] for key in self.tasks}
+            truncated = TruncatedBackbone(net, list(task_taps.values()), tap_output)
+            heads = {
+                key: build_head(
+                    task.head,
+                    truncated.out_channels[task_taps[key]],
+                    task.out_channels,
+                    head_channels,
+                )
+                for key, task in self.tasks.items()
+            }
+            self.model = LayerOptimizedModel(truncated, heads, task_taps)
         self.weighting = build_weighting(weighting, list(self.tasks))
         self.sparse_names = [name for name, _ in conv_weights(self.model, sparse_layers)]
         _check_layer_lambdas(layer_lambdas, self.sparse_names)
@@ -301,6 +338,18 @@ def _resolve_tasks(tasks: Sequence[str | Task], targets: Mapping[str, TargetSpec
             raise ValueError(f"task {task.key!r} is listed twice")
         resolved[task.key] = task
     return resolved
+
+
+def _check_taps(taps: Mapping[str, str], tasks: list[str]) -> None:
+    missing = [k for k in tasks if k not in taps]
+    if missing:
+        raise ValueError(
+            f"taps must name a conv for every task; tasks without a tap: {missing}; "
+            f"taps given for: {list(taps)}"
+        )
+    unknown = [k for k in taps if k not in tasks]
+    if unknown:
+        raise ValueError(f"taps names tasks that are not trained {unknown}; the tasks are {tasks}")
 
 
 def _check_layer_lambdas(layer_lambdas: Mapping[str, float] | None, names: list[str]) -> None:

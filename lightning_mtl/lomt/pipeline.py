@@ -1,0 +1,401 @@
+"""LOMT end to end: single-task sparse runs → tap selection → LOMT vs conventional, one table.
+
+Every training run is a `lightning-mtl fit` of the same base config with a few overrides, in
+its own run folder with a `result.json` written when it is complete; a rerun skips complete
+runs, so an interrupted pipeline resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import matplotlib.pyplot as plt
+import torch
+import yaml
+
+from lightning_mtl.lomt.selection import TaskProfile, profile_plot, select_taps
+
+STAGES: tuple[str, ...] = ("stage1", "select", "stage2")
+
+
+@dataclass
+class Stage1Options:
+    """Single-task group-sparse runs, one per task and seed.
+
+    Args:
+        lambda_: the group-lasso λ of these runs.
+        args: further `lightning-mtl fit` arguments for them (e.g. `--trainer.max_epochs 4`).
+    """
+
+    lambda_: float = 1e-3
+    args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SelectionOptions:
+    """The tap rule (see `lightning_mtl.lomt.select_tap`) and overrides by task.
+
+    Args:
+        threshold: a conv is active when more than this fraction of its groups is live in
+            every seed.
+        window: the tap is the last active conv before the first `window` inactive convs.
+        taps: task → conv name, overriding the rule (the authors' reference taps, say).
+    """
+
+    threshold: float = 0.01
+    window: int = 2
+    taps: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Stage2Options:
+    """LOMT and conventional runs, dense, on every combination and seed.
+
+    Args:
+        tap_output: `conv` (the tap conv's raw output, as the authors) or `block` (its
+            residual block's output).
+        args: further `lightning-mtl fit` arguments for these runs.
+        latency_rounds: alternating timing rounds of the two models' inference latency.
+    """
+
+    tap_output: Literal["conv", "block"] = "conv"
+    args: list[str] = field(default_factory=list)
+    latency_rounds: int = 5
+
+
+@dataclass
+class LOMTOptions:
+    """What `lightning-mtl lomt` runs.
+
+    Args:
+        base_config: the training config every run starts from (model, data, trainer).
+        tasks: the stage-1 tasks (each gets single-task sparse runs and a profile).
+        combinations: the stage-2 task combinations.
+        seeds: seeds of every stage-1 and stage-2 run.
+        root: the folder holding the runs, profiles, stage-2 config and comparison.
+        logger: `csv`, or `wandb` (CSV + W&B) for every run.
+        stages: which stages to run (a later stage reads what the earlier ones wrote).
+        args: `lightning-mtl fit` arguments for every run (e.g. `--data.init_args.root DIR`).
+    """
+
+    base_config: str
+    tasks: list[str]
+    combinations: list[list[str]]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    root: str = "runs/lomt"
+    logger: Literal["csv", "wandb"] = "csv"
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    args: list[str] = field(default_factory=list)
+    stage1: Stage1Options = field(default_factory=Stage1Options)
+    selection: SelectionOptions = field(default_factory=SelectionOptions)
+    stage2: Stage2Options = field(default_factory=Stage2Options)
+
+
+def check_options(options: LOMTOptions) -> None:
+    """Fail before anything trains: unknown stages, no seeds, a combination task that has
+    neither a stage-1 run nor an override."""
+    unknown = [s for s in options.stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}; the stages are {list(STAGES)}")
+    if not options.seeds:
+        raise ValueError("seeds is empty: give at least one seed")
+    if not options.combinations or not all(options.combinations):
+        raise ValueError(f"combinations must be non-empty task lists, got {options.combinations}")
+    covered = set(options.tasks) | set(options.selection.taps)
+    for combination in options.combinations:
+        missing = [t for t in combination if t not in covered]
+        if missing:
+            raise ValueError(
+                f"combination {combination} has tasks {missing} without a profile: add them to "
+                f"tasks (stage 1 profiles them) or give their tap in selection.taps"
+            )
+    if not Path(options.base_config).is_file():
+        raise ValueError(f"base_config {options.base_config!r} is not a file")
+
+
+def run_pipeline(options: LOMTOptions) -> list[dict[str, Any]]:
+    """Run the requested stages; return the comparison rows (empty without stage 2)."""
+    check_options(options)
+    root = Path(options.root)
+    if "stage1" in options.stages:
+        for task in options.tasks:
+            for seed in options.seeds:
+                _train(options, root / "stage1" / f"{task}_seed{seed}", [task], seed, stage1=True)
+        write_profiles(options, root)
+    if "select" in options.stages:
+        select(options, root)
+    if "stage2" not in options.stages:
+        return []
+    taps = yaml.safe_load((root / "stage2.yaml").read_text())["model"]["taps"]
+    for combination in options.combinations:
+        for seed in options.seeds:
+            for kind in ("conventional", "lomt"):
+                name = f"{kind}_{'+'.join(combination)}_seed{seed}"
+                run_taps = {t: taps[t] for t in combination} if kind == "lomt" else None
+                _train(options, root / "stage2" / name, combination, seed, taps=run_taps)
+    rows = compare(options, root)
+    write_comparison(rows, root)
+    return rows
+
+
+def write_profiles(options: LOMTOptions, root: Path) -> dict[str, TaskProfile]:
+    """Per task: `profiles/{task}.json` (live-group fraction per conv and seed) and `.png`."""
+    profiles = {}
+    for task in options.tasks:
+        results = [_result(root / "stage1" / f"{task}_seed{s}") for s in options.seeds]
+        profile = TaskProfile(
+            task=task,
+            architecture=results[0]["architecture"],
+            layers=list(results[0]["layers"]),
+            seeds={
+                seed: list(r["layers"].values())
+                for seed, r in zip(options.seeds, results, strict=True)
+            },
+        )
+        path = root / "profiles" / f"{task}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        profile.save(path)
+        profiles[task] = profile
+    return profiles
+
+
+def select(options: LOMTOptions, root: Path) -> dict[str, str]:
+    """Taps of every combination task (rule or override) → `stage2.yaml` (a config fragment:
+    `lightning-mtl fit --config BASE --config stage2.yaml` trains the LOMT model) and the
+    profile plots with the taps marked."""
+    tasks = list(dict.fromkeys(t for c in options.combinations for t in c))
+    profiles = {
+        t: TaskProfile.load(root / "profiles" / f"{t}.json")
+        for t in tasks
+        if (root / "profiles" / f"{t}.json").is_file()
+    }
+    architecture, layers = _architecture(options)
+    taps = select_taps(
+        profiles,
+        tasks,
+        layers,
+        architecture,
+        threshold=options.selection.threshold,
+        window=options.selection.window,
+        overrides=options.selection.taps,
+    )
+    for task, profile in profiles.items():
+        fig = profile_plot(profile, taps[task], options.selection.threshold)
+        fig.savefig(root / "profiles" / f"{task}.png", dpi=120)
+        plt.close(fig)
+    fragment = {"model": {"taps": taps, "tap_output": options.stage2.tap_output}}
+    (root / "stage2.yaml").write_text(
+        "# LOMT stage-2 taps chosen by `lightning-mtl lomt` (rule or selection.taps)\n"
+        + yaml.safe_dump(fragment, sort_keys=False)
+    )
+    return taps
+
+
+def compare(options: LOMTOptions, root: Path) -> list[dict[str, Any]]:
+    """One row per combination and model kind: each task's main test metric (mean and std
+    over seeds), Δm of LOMT against the conventional model, parameters, MACs, latency."""
+    rows = []
+    for combination in options.combinations:
+        label = "+".join(combination)
+        results = {
+            kind: [_result(root / "stage2" / f"{kind}_{label}_seed{s}") for s in options.seeds]
+            for kind in ("conventional", "lomt")
+        }
+        latency = _latency(root, label, options)
+        means = {}
+        for kind, runs in results.items():
+            row: dict[str, Any] = {"combination": label, "model": kind}
+            for task in combination:
+                key = f"test/{task}/{runs[0]['main_metrics'][task]}"
+                values = [r["metrics"][key] for r in runs]
+                row[key] = statistics.mean(values)
+                row[f"{key} std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            means[kind] = row
+            row["params"] = runs[0]["params"]
+            row["macs"] = runs[0]["macs"]
+            row["latency_ms"] = latency[kind]
+            rows.append(row)
+        higher = results["conventional"][0]["higher_is_better"]
+        main = results["conventional"][0]["main_metrics"]
+        means["lomt"]["delta_m_pct"] = delta_m(
+            {t: means["lomt"][f"test/{t}/{main[t]}"] for t in combination},
+            {t: means["conventional"][f"test/{t}/{main[t]}"] for t in combination},
+            {t: higher[t] for t in combination},
+        )
+        means["conventional"]["delta_m_pct"] = 0.0
+    return rows
+
+
+def delta_m(
+    metrics: Mapping[str, float], reference: Mapping[str, float], higher: Mapping[str, bool]
+) -> float:
+    """Δm (%): the mean over tasks of the relative change against `reference`, signed so that
+    positive is better (Maninis et al. 2019)."""
+    changes = [
+        (1 if higher[t] else -1) * (metrics[t] - reference[t]) / reference[t] for t in metrics
+    ]
+    return 100.0 * statistics.mean(changes)
+
+
+def write_comparison(rows: Sequence[Mapping[str, Any]], root: Path) -> None:
+    """`comparison.csv` (every value) and `comparison.md` (one table per combination)."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with open(root / "comparison.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = []
+    for label in dict.fromkeys(row["combination"] for row in rows):
+        group = [row for row in rows if row["combination"] == label]
+        metrics = [k for k in group[0] if k.startswith("test/") and not k.endswith(" std")]
+        header = ["model", *metrics, "Δm %", "params", "MACs", "latency ms"]
+        lines += [f"### {label}", "", "| " + " | ".join(header) + " |"]
+        lines.append("|" + "---|" + "---:|" * (len(header) - 1))
+        for row in group:
+            cells = [row["model"]]
+            cells += [f"{row[m]:.4f} ± {row[m + ' std']:.4f}" for m in metrics]
+            cells += [f"{row['delta_m_pct']:+.2f}", f"{row['params']:,}", f"{row['macs']:,}"]
+            cells.append(f"{row['latency_ms']:.2f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    (root / "comparison.md").write_text("\n".join(lines))
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+
+def _train(
+    options: LOMTOptions,
+    run_dir: Path,
+    tasks: Sequence[str],
+    seed: int,
+    stage1: bool = False,
+    taps: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """One `lightning-mtl fit` (then test) of the base config, unless `run_dir` is complete."""
+    if (run_dir / "result.json").is_file():
+        return _result(run_dir)
+    args = [
+        "--config", options.base_config,
+        "--run.root", str(run_dir.parent),
+        "--run.name", run_dir.name,
+        "--run.logger", options.logger,
+        "--seed_everything", str(seed),
+        "--model.tasks", json.dumps(list(tasks)),
+        "--model.weighting", "uncertainty",
+        *options.args,
+    ]  # fmt: skip
+    if stage1:
+        args += ["--model.lambda_", str(options.stage1.lambda_), *options.stage1.args]
+    else:
+        args += ["--model.lambda_", "0", *options.stage2.args]
+        if taps is not None:
+            args += ["--model.taps", json.dumps(dict(taps))]
+            args += ["--model.tap_output", options.stage2.tap_output]
+    cli = _cli(args)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    metrics = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]
+    cli.after_fit()
+    module = cli.model
+    stats = module_sparsity(module)
+    example = torch.rand(1, 3, *_image_size(cli.datamodule))
+    macs, params = _macs_and_params(module.model.eval(), example)
+    result = {
+        "tasks": list(tasks),
+        "seed": seed,
+        "taps": dict(taps or {}),
+        "architecture": _architecture_of(module),
+        "layers": stats,
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "main_metrics": {k: t.main_metric for k, t in module.tasks.items()},
+        "higher_is_better": {k: t.higher_is_better[t.main_metric] for k, t in module.tasks.items()},
+        "params": params,
+        "macs": macs,
+        "image_size": list(example.shape[-2:]),
+    }
+    if cli.trainer.is_global_zero:
+        (run_dir / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _result(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "result.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: run {run_dir.name} has not completed; run its stage first"
+        )
+    return json.loads(path.read_text())
+
+
+def _latency(root: Path, label: str, options: LOMTOptions) -> dict[str, float]:
+    """Inference latency (batch 1, CPU/current device) of both models of the first seed,
+    timed in alternation."""
+    from lightning_mtl.benchmark_compaction import latency_ms
+    from lightning_mtl.modules import MultiTaskLightningModule
+
+    models = {}
+    size = None
+    for kind in ("conventional", "lomt"):
+        run_dir = root / "stage2" / f"{kind}_{label}_seed{options.seeds[0]}"
+        module = MultiTaskLightningModule.load_from_checkpoint(
+            run_dir / "checkpoints" / "last.ckpt", map_location="cpu"
+        )
+        models[kind] = module.model.eval()
+        size = _result(run_dir)["image_size"]
+    x = torch.rand(1, 3, *size)
+    return latency_ms(models, x, rounds=options.stage2.latency_rounds)
+
+
+def module_sparsity(module: Any) -> dict[str, float]:
+    """Live-group fraction per grouped conv, forward order (the stage-1 profile of one seed)."""
+    from lightning_mtl.sparsity import sparsity_stats
+
+    return sparsity_stats(module.sparse_weights(), module.sparsity.group_by).layers
+
+
+def _architecture_of(module: Any) -> dict[str, Any]:
+    """What a profile's layer names belong to: the backbone and its options."""
+    hp = module.hparams
+    return {"backbone": hp.backbone, "backbone_options": dict(hp.backbone_options or {})}
+
+
+def _architecture(options: LOMTOptions) -> tuple[dict[str, Any], list[str]]:
+    """The stage-2 model's architecture and conv names (built from the base config, untrained)."""
+    args = [*options.args, *options.stage2.args, "--trainer.logger", "false"]
+    cli = _cli(["--config", options.base_config, *args])
+    module = cli.model
+    return _architecture_of(module), [n for n, _ in module.model.backbone.conv_layers()]
+
+
+def _image_size(datamodule: Any) -> tuple[int, int]:
+    inner = getattr(datamodule, "datamodule", datamodule)
+    return tuple(getattr(inner, "image_size", (256, 256)))
+
+
+def _macs_and_params(model: torch.nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    from lightning_mtl.sparsity import macs_and_params
+
+    return macs_and_params(model, example)
+
+
+def _cli(args: Sequence[str]) -> Any:
+    from lightning.pytorch import LightningDataModule
+
+    from lightning_mtl.cli import LightningMTLCLI
+    from lightning_mtl.modules import MultiTaskLightningModule
+
+    return LightningMTLCLI(
+        MultiTaskLightningModule,
+        LightningDataModule,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        run=False,
+        args=list(args),
+    )
