@@ -18,8 +18,13 @@ from typing import Any, Literal
 import matplotlib.pyplot as plt
 import torch
 import yaml
+from lightning.pytorch import LightningDataModule
 
+from lightning_mtl.benchmark_compaction import latency_ms
+from lightning_mtl.cli import LightningMTLCLI
 from lightning_mtl.lomt.selection import TaskProfile, profile_plot, select_taps
+from lightning_mtl.modules import MultiTaskLightningModule
+from lightning_mtl.sparsity import macs_and_params, sparsity_stats
 
 STAGES: tuple[str, ...] = ("stage1", "select", "stage2")
 
@@ -304,8 +309,8 @@ def _train(
     cli.after_fit()
     module = cli.model
     stats = module_sparsity(module)
-    example = torch.rand(1, 3, *_image_size(cli.datamodule))
-    macs, params = _macs_and_params(module.model.eval(), example)
+    example = torch.rand(1, 3, *cli.datamodule.image_size)
+    macs, params = macs_and_params(module.model.eval(), example)
     result = {
         "tasks": list(tasks),
         "seed": seed,
@@ -336,9 +341,6 @@ def _result(run_dir: Path) -> dict[str, Any]:
 def _latency(root: Path, label: str, options: LOMTOptions) -> dict[str, float]:
     """Inference latency (batch 1, CPU/current device) of both models of the first seed,
     timed in alternation."""
-    from lightning_mtl.benchmark_compaction import latency_ms
-    from lightning_mtl.modules import MultiTaskLightningModule
-
     models = {}
     size = None
     for kind in ("conventional", "lomt"):
@@ -352,14 +354,12 @@ def _latency(root: Path, label: str, options: LOMTOptions) -> dict[str, float]:
     return latency_ms(models, x, rounds=options.stage2.latency_rounds)
 
 
-def module_sparsity(module: Any) -> dict[str, float]:
+def module_sparsity(module: MultiTaskLightningModule) -> dict[str, float]:
     """Live-group fraction per grouped conv, forward order (the stage-1 profile of one seed)."""
-    from lightning_mtl.sparsity import sparsity_stats
-
     return sparsity_stats(module.sparse_weights(), module.sparsity.group_by).layers
 
 
-def _architecture_of(module: Any) -> dict[str, Any]:
+def _architecture_of(module: MultiTaskLightningModule) -> dict[str, Any]:
     """What a profile's layer names belong to: the backbone and its options."""
     hp = module.hparams
     return {"backbone": hp.backbone, "backbone_options": dict(hp.backbone_options or {})}
@@ -373,23 +373,8 @@ def _architecture(options: LOMTOptions) -> tuple[dict[str, Any], list[str]]:
     return _architecture_of(module), [n for n, _ in module.model.backbone.conv_layers()]
 
 
-def _image_size(datamodule: Any) -> tuple[int, int]:
-    inner = getattr(datamodule, "datamodule", datamodule)
-    return tuple(getattr(inner, "image_size", (256, 256)))
-
-
-def _macs_and_params(model: torch.nn.Module, example: torch.Tensor) -> tuple[int, int]:
-    from lightning_mtl.sparsity import macs_and_params
-
-    return macs_and_params(model, example)
-
-
-def _cli(args: Sequence[str]) -> Any:
-    from lightning.pytorch import LightningDataModule
-
-    from lightning_mtl.cli import LightningMTLCLI
-    from lightning_mtl.modules import MultiTaskLightningModule
-
+def _cli(args: Sequence[str]) -> LightningMTLCLI:
+    """A `lightning-mtl fit` command line, parsed and instantiated but not run."""
     return LightningMTLCLI(
         MultiTaskLightningModule,
         LightningDataModule,
