@@ -211,3 +211,19 @@ def test_meta_task_without_a_head_is_named(samples):
     batch[0]["tasks"] = ("seg", "edge")
     with pytest.raises(ValueError, match=r"tasks \['edge'\] this module has no head for"):
         module.meta_loss(batch)
+
+
+def test_a_nan_query_loss_stops_meta_training_naming_the_meta_task(samples):
+    import lightning as L
+
+    from lightning_mtl.modules import NonFiniteError
+
+    module = tiny_meta(samples)
+    normal = module.tasks["normal"]
+    loss = type(normal).loss
+    normal.loss = lambda pred, target: loss(normal, pred, target) * float("nan")
+    batch = meta_batch(samples)
+    loader = torch.utils.data.DataLoader([batch], batch_size=None)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False)
+    with pytest.raises(NonFiniteError, match=r"step 0: task\(s\) \{'normal': nan\}"):
+        trainer.fit(module, train_dataloaders=loader)

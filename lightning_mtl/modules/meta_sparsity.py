@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from lightning_mtl.modules.finite import check_finite_losses
 from lightning_mtl.modules.multitask import MultiTaskLightningModule
 from lightning_mtl.sparsity import ProxAdamW, live_groups
 from lightning_mtl.sparsity.meta import INNER_SPARSITY, adapt, group_lasso
@@ -234,6 +235,7 @@ class MetaSparsityModule(MultiTaskLightningModule):
 
     def training_step(self, meta_batch: Sequence[MetaTask], batch_idx: int) -> Tensor:
         result = self.meta_loss(meta_batch)
+        check_finite_losses(result.query_losses, self.global_step)  # the gradients: see parent
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         grads = torch.autograd.grad(result.loss, [p for _, p in named], allow_unused=True)
         grads = [

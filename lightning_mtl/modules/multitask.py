@@ -21,6 +21,7 @@ from lightning_mtl.models import (
     build_backbone,
     build_head,
 )
+from lightning_mtl.modules.finite import check_finite_grads, check_finite_losses
 from lightning_mtl.sparsity import ProxAdamW, conv_weights
 from lightning_mtl.sparsity.groups import GROUP_BY, NamedWeights
 from lightning_mtl.sparsity.optimizer import PENALTIES, PROXES
@@ -195,6 +196,7 @@ class MultiTaskLightningModule(L.LightningModule):
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         _, losses = self._shared_step(batch)
+        check_finite_losses(losses, self.global_step)
         total = self.weighting(losses)
         size = batch["image"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=size)
@@ -204,6 +206,12 @@ class MultiTaskLightningModule(L.LightningModule):
             self.log(f"weights/{key}", weight, batch_size=size)
         self.log("lambda", self.current_lambda, batch_size=size)
         return total
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stop on a NaN/inf gradient (not under fp16 AMP, whose scaler skips those steps)."""
+        if getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            grads = {n: p.grad for n, p in self.named_parameters()}
+            check_finite_grads(grads, self.global_step)
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_metrics)
