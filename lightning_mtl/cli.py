@@ -70,6 +70,10 @@ class LightningMTLCLI(LightningCLI):
             config.trainer.default_root_dir = str(run_dir)
         if config.trainer.logger is None:
             config.trainer.logger = _loggers(run_dir, config.run)
+        if config.trainer.plugins is None:  # atomic checkpoint writes, clear load errors
+            config.trainer.plugins = [
+                Namespace(class_path="lightning_mtl.checkpoint_io.AtomicCheckpointIO")
+            ]
 
     def after_fit(self) -> None:
         """Close the W&B run so its file is complete when the command returns."""

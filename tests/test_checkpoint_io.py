@@ -1,0 +1,78 @@
+"""Checkpoint writes are atomic; truncated or foreign files are refused by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_mtl.checkpoint_io import AtomicCheckpointIO, CheckpointError
+from lightning_mtl.cli import LightningMTLCLI
+from lightning_mtl.modules import MultiTaskLightningModule
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_save_killed_halfway_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    before = path.read_bytes()
+
+    def dies_halfway(obj, file):
+        file.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # what a kill mid-write looks like to this process
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"], "no partial file is left"
+
+
+def test_resuming_from_a_truncated_checkpoint_names_it(sparse_checkpoint, tiny_data, tmp_path):
+    module, path = sparse_checkpoint
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    trainer = L.Trainer(max_epochs=2, logger=False, plugins=[AtomicCheckpointIO()])
+    with pytest.raises(CheckpointError, match=r"truncated\.ckpt cannot be read: it is truncated"):
+        trainer.fit(module, tiny_data(), ckpt_path=truncated)
+
+
+def test_a_file_without_a_state_dict_is_not_taken_for_a_checkpoint(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"model": "not a lightning checkpoint"}, path)
+    with pytest.raises(
+        CheckpointError, match=r"is not a Lightning checkpoint \(no state_dict\).*load_compacted"
+    ):
+        AtomicCheckpointIO().load_checkpoint(path)
+
+
+def test_the_cli_writes_checkpoints_atomically(tmp_path):
+    cli = LightningMTLCLI(
+        MultiTaskLightningModule,
+        L.LightningDataModule,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        run=False,
+        args=[
+            "--config", str(ROOT / "experiments" / "synthetic.yaml"),
+            "--run.root", str(tmp_path),
+            "--run.logger", "csv",
+            "--data.init_args.root", str(tmp_path / "data"),
+        ],
+    )  # fmt: skip
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_a_compacted_model_file_is_named_as_such(sparse_checkpoint, tmp_path):
+    from lightning_mtl.sparsity import compact, save_compacted
+
+    module, _ = sparse_checkpoint
+    model = module.model.eval()
+    compact(model, torch.rand(1, 3, 32, 32))
+    save_compacted(model, tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match=r"holds a pickled model.*load_compacted"):
+        AtomicCheckpointIO().load_checkpoint(tmp_path / "model.pt")
