@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import matplotlib.pyplot as plt
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_mtl.plots import spy_plot
 from lightning_mtl.sparsity import sparsity_stats
@@ -15,7 +16,8 @@ from lightning_mtl.sparsity import sparsity_stats
 class SparsityMonitor(L.Callback):
     """Each validation epoch: log `sparsity/group_pct`, `sparsity/param_pct` and
     `sparsity/layer/{name}` (live-group fraction per conv), and write `sparsity.png` into the
-    run folder (also sent to W&B when a WandbLogger is attached).
+    run folder (also sent to W&B when a WandbLogger is attached). Warns once when every group
+    is zero (λ too large): training goes on, but the model has become constant.
 
     Works with any module that has `sparse_weights()` (name, weight) in forward order.
     """
@@ -23,6 +25,7 @@ class SparsityMonitor(L.Callback):
     def __init__(self, filename: str = "sparsity.png", log_layers: bool = True) -> None:
         self.filename = filename
         self.log_layers = log_layers
+        self._warned_all_zero = False
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -35,6 +38,14 @@ class SparsityMonitor(L.Callback):
         if self.log_layers:
             for name, fraction in stats.layers.items():
                 pl_module.log(f"sparsity/layer/{name}", fraction)
+        if stats.group_pct == 100.0 and not self._warned_all_zero:
+            self._warned_all_zero = True
+            rank_zero_warn(
+                f"every channel group of the grouped convs is zero at epoch "
+                f"{trainer.current_epoch} (λ={getattr(pl_module, 'current_lambda', '?')}): the "
+                "backbone passes nothing on and the heads predict from their biases alone. "
+                "Training goes on; lower λ (or start the prox later) for a useful model."
+            )
         if trainer.is_global_zero:
             self._save_plot(trainer, weights, group_by, stats.group_pct)
 
