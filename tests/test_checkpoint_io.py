@@ -76,3 +76,26 @@ def test_a_compacted_model_file_is_named_as_such(sparse_checkpoint, tmp_path):
     save_compacted(model, tmp_path / "model.pt")
     with pytest.raises(CheckpointError, match=r"holds a pickled model.*load_compacted"):
         AtomicCheckpointIO().load_checkpoint(tmp_path / "model.pt")
+
+
+TASKS_DIFFER = r"tasks: checkpoint \['seg', 'depth', 'normal'\], this module \['seg', 'depth'\]"
+WIDTH_DIFFERS = r"backbone_options: checkpoint \{'width': 8"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"tasks": ["seg", "depth"]}, TASKS_DIFFER),
+        ({"backbone_options": {"width": 16, "layers": [1, 1, 1, 1]}}, WIDTH_DIFFERS),
+    ],
+)
+def test_resuming_into_another_architecture_says_what_differs(
+    sparse_checkpoint, tiny_data, tiny_module, tmp_path, overrides, match
+):
+    _, path = sparse_checkpoint
+    data = tiny_data()
+    tasks = overrides.pop("tasks", ["seg", "depth", "normal"])
+    module = tiny_module(data, tasks=tasks, **overrides)
+    trainer = L.Trainer(max_epochs=2, logger=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(module, data, ckpt_path=path)

@@ -299,6 +299,7 @@ class MultiTaskLightningModule(L.LightningModule):
         checkpoint["rng_states"] = _rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        _check_same_architecture(checkpoint.get("hyper_parameters", {}), self.hparams)
         if "rng_states" in checkpoint:
             _set_rng_states(checkpoint["rng_states"])
 
@@ -309,6 +310,32 @@ class MultiTaskLightningModule(L.LightningModule):
     def on_validation_end(self) -> None:
         if self.trainer.sanity_checking:
             _set_rng_states(self._rng_before_sanity_check)
+
+
+#: What must agree between a checkpoint and the module it is loaded into.
+_ARCHITECTURE_KEYS = ("tasks", "backbone", "backbone_options", "head_channels", "taps")
+
+
+def _check_same_architecture(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    """A clear error instead of a state-dict key/size mismatch when a checkpoint of another
+    backbone or task set is loaded (resumed) into this module."""
+
+    def describe(hparams: Mapping[str, Any]) -> dict[str, Any]:
+        tasks = [t if isinstance(t, str) else t.key for t in hparams.get("tasks") or []]
+        return {"tasks": tasks, **{k: hparams.get(k) for k in _ARCHITECTURE_KEYS[1:]}}
+
+    if not saved:
+        return
+    was, now = describe(saved), describe(current)
+    differ = {k: (was[k], now[k]) for k in was if was[k] != now[k]}
+    if differ:
+        details = "; ".join(
+            f"{k}: checkpoint {a!r}, this module {b!r}" for k, (a, b) in differ.items()
+        )
+        raise ValueError(
+            f"the checkpoint was trained with another architecture ({details}); build the module "
+            "with the checkpoint's settings, or load it with load_from_checkpoint"
+        )
 
 
 def _rng_states() -> dict[str, Any]:
