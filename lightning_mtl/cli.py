@@ -142,15 +142,23 @@ def wandb_offline() -> bool:
         return True
 
 
-def _fit_cli(args: Sequence[str]) -> None:
+def build_cli(
+    args: Sequence[str],
+    cli_class: type[LightningMTLCLI] = LightningMTLCLI,
+    model_class: type[MultiTaskLightningModule] = MultiTaskLightningModule,
+    datamodule_class: type[LightningDataModule] = LightningDataModule,
+    run: bool = True,
+) -> LightningMTLCLI:
+    """The `lightning-mtl fit` command line (`run=False`: parsed and instantiated, not run)."""
     # the run summary says where the W&B run is and how to sync it; wandb's own banner is noise
     os.environ.setdefault("WANDB_QUIET", "true")
-    LightningMTLCLI(
-        MultiTaskLightningModule,
-        LightningDataModule,
+    return cli_class(
+        model_class,
+        datamodule_class,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
+        run=run,
         args=list(args),
     )
 
@@ -167,16 +175,7 @@ def _meta(args: Sequence[str]) -> None:
     """Meta-train (MetaSparsityModule on a MetaTaskDataModule), then meta-test; one table."""
     from datamodules.meta import MetaTaskDataModule
 
-    os.environ.setdefault("WANDB_QUIET", "true")
-    cli = MetaCLI(
-        MetaSparsityModule,
-        MetaTaskDataModule,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        run=False,
-        args=list(args),
-    )
+    cli = build_cli(args, MetaCLI, MetaSparsityModule, MetaTaskDataModule, run=False)
     options = MetaTestOptions(**vars(cli.config.meta_test))
     plain_data = cli.datamodule.datamodule
     check_meta_test(options, list(cli.model.tasks), plain_data.targets)
@@ -303,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args[0] in JOBS:
             JOBS[args[0]][0](args[1:])
         else:
-            _fit_cli(args)
+            build_cli(args)
 
 
 @contextlib.contextmanager

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from lightning_mtl.checkpoint_io import AtomicCheckpointIO, CheckpointError
-from lightning_mtl.cli import LightningMTLCLI
-from lightning_mtl.modules import MultiTaskLightningModule
+from lightning_mtl.cli import build_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,18 +50,14 @@ def test_a_file_without_a_state_dict_is_not_taken_for_a_checkpoint(tmp_path):
 
 
 def test_the_cli_writes_checkpoints_atomically(tmp_path):
-    cli = LightningMTLCLI(
-        MultiTaskLightningModule,
-        L.LightningDataModule,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        run=False,
-        args=[
+    cli = build_cli(
+        [
             "--config", str(ROOT / "experiments" / "synthetic.yaml"),
             "--run.root", str(tmp_path),
             "--run.logger", "csv",
             "--data.init_args.root", str(tmp_path / "data"),
         ],
+        run=False,
     )  # fmt: skip
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 

@@ -18,10 +18,9 @@ from typing import Any, Literal
 import matplotlib.pyplot as plt
 import torch
 import yaml
-from lightning.pytorch import LightningDataModule
 
 from lightning_mtl.benchmark_compaction import latency_ms
-from lightning_mtl.cli import LightningMTLCLI
+from lightning_mtl.cli import build_cli
 from lightning_mtl.lomt.selection import TaskProfile, profile_plot, select_taps
 from lightning_mtl.modules import MultiTaskLightningModule
 from lightning_mtl.sparsity import macs_and_params, sparsity_stats
@@ -303,7 +302,7 @@ def _train(
         if taps is not None:
             args += ["--model.taps", json.dumps(dict(taps))]
             args += ["--model.tap_output", options.stage2.tap_output]
-    cli = _cli(args)
+    cli = build_cli(run=False, args=args)
     cli.trainer.fit(cli.model, cli.datamodule)
     metrics = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]
     cli.after_fit()
@@ -368,19 +367,6 @@ def _architecture_of(module: MultiTaskLightningModule) -> dict[str, Any]:
 def _architecture(options: LOMTOptions) -> tuple[dict[str, Any], list[str]]:
     """The stage-2 model's architecture and conv names (built from the base config, untrained)."""
     args = [*options.args, *options.stage2.args, "--trainer.logger", "false"]
-    cli = _cli(["--config", options.base_config, *args])
+    cli = build_cli(run=False, args=["--config", options.base_config, *args])
     module = cli.model
     return _architecture_of(module), [n for n, _ in module.model.backbone.conv_layers()]
-
-
-def _cli(args: Sequence[str]) -> LightningMTLCLI:
-    """A `lightning-mtl fit` command line, parsed and instantiated but not run."""
-    return LightningMTLCLI(
-        MultiTaskLightningModule,
-        LightningDataModule,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        run=False,
-        args=list(args),
-    )

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from lightning_mtl.models.multitask import at_input_size
 
 __all__ = ["TAP_OUTPUTS", "LayerOptimizedModel", "TruncatedBackbone"]
 
@@ -156,10 +157,7 @@ class LayerOptimizedModel(nn.Module):
         out: dict[str, Tensor] = {}
         for key, head in self.heads.items():
             if tasks is None or key in tasks:
-                pred = head(features[self.task_taps[key]])
-                if pred.dim() == 4:
-                    pred = F.interpolate(pred, size=size, mode="bilinear", align_corners=False)
-                out[key] = pred
+                out[key] = at_input_size(head(features[self.task_taps[key]]), size)
         return out
 
 

@@ -32,8 +32,12 @@ class MultiTaskModel(nn.Module):
         out: dict[str, Tensor] = {}
         for key, head in self.heads.items():
             if tasks is None or key in tasks:
-                pred = head(features)
-                if pred.dim() == 4:
-                    pred = F.interpolate(pred, size=size, mode="bilinear", align_corners=False)
-                out[key] = pred
+                out[key] = at_input_size(head(features), size)
         return out
+
+
+def at_input_size(pred: Tensor, size: list[int]) -> Tensor:
+    """A dense (4-D) head output upsampled bilinearly to the input's size; others as they are."""
+    if pred.dim() == 4:
+        return F.interpolate(pred, size=size, mode="bilinear", align_corners=False)
+    return pred
