@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,36 @@ TINY_MODEL = {
     "head_channels": 8,
 }
 TINY_DATA = {"image_size": (32, 32), "batch_size": 4, "num_train": 16, "num_val": 8, "num_test": 8}
+#: Trainer arguments of the 2-process CPU DDP workers (tests/*ddp_fit.py).
+DDP_TRAINER = {
+    "accelerator": "cpu",
+    "devices": 2,
+    "strategy": "ddp",
+    "max_epochs": 2,
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
+
+
+def run_ddp_worker(worker: Path, out: Path) -> tuple[dict, dict]:
+    """Run a DDP worker script (`python WORKER OUT`; Lightning launches rank 1) and load what
+    its two ranks saved as OUT/rank{0,1}.pt."""
+    import subprocess
+    import sys
+
+    import torch
+
+    result = subprocess.run(
+        [sys.executable, str(worker), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=worker.parents[1],
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules import SyntheticDataModule
 from lightning_mtl import MultiTaskLightningModule, ProxAdamW
-from tests.conftest import TINY_DATA, TINY_MODEL
+from tests.conftest import DDP_TRAINER, TINY_DATA, TINY_MODEL
 
 
 def main(out: Path) -> None:
@@ -30,16 +30,7 @@ def main(out: Path) -> None:
         optimizer=functools.partial(ProxAdamW, lr=1e-2),
         **TINY_MODEL,
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = L.Trainer(**DDP_TRAINER)
     trainer.fit(model, data)
     torch.save(model.state_dict(), out / f"rank{trainer.global_rank}.pt")
 

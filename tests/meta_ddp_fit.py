@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datamodules import SyntheticDataModule
 from datamodules.meta import MetaTaskDataModule
 from lightning_mtl import MetaSparsityModule, ProxAdamW
-from tests.conftest import TINY_MODEL
+from tests.conftest import DDP_TRAINER, TINY_MODEL
 
 TASKS = ["seg", "depth", "normal"]
 
@@ -62,17 +62,7 @@ def main(out: Path) -> None:
     )
     rho_start = model.rho.detach().clone()
     record = RecordMetaBatches()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[record],
-    )
+    trainer = L.Trainer(**DDP_TRAINER, callbacks=[record])
     trainer.fit(model, data)
     torch.save(
         {

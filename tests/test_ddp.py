@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from lightning_mtl.sparsity import live_groups
+from tests.conftest import run_ddp_worker
 
 WORKER = Path(__file__).with_name("ddp_fit.py")
 
 
 @pytest.mark.slow
 def test_ddp_ranks_end_with_identical_parameters_and_zero_patterns(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(WORKER), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=WORKER.parents[1],
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    rank0 = torch.load(tmp_path / "rank0.pt")
-    rank1 = torch.load(tmp_path / "rank1.pt")
+    rank0, rank1 = run_ddp_worker(WORKER, tmp_path)
     assert rank0.keys() == rank1.keys()
     for name, value in rank0.items():
         assert torch.equal(value, rank1[name]), name

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -17,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning_mtl import MetaSparsityModule, ProxAdamW
 from lightning_mtl.callbacks import SparsityMonitor
 from lightning_mtl.sparsity import live_groups
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, run_ddp_worker
 
 WORKER = Path(__file__).with_name("meta_ddp_fit.py")
 TASKS = ["seg", "depth", "normal"]
@@ -87,16 +85,7 @@ def _dead_groups(state_dict) -> int:
 @pytest.fixture(scope="module")
 def ddp_ranks(tmp_path_factory):
     """The two ranks' saved results of one 2-process gloo fit (tests/meta_ddp_fit.py)."""
-    out = tmp_path_factory.mktemp("meta_ddp")
-    result = subprocess.run(
-        [sys.executable, str(WORKER), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=WORKER.parents[1],
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    return run_ddp_worker(WORKER, tmp_path_factory.mktemp("meta_ddp"))
 
 
 @pytest.mark.slow
