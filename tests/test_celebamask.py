@@ -21,6 +21,7 @@ from datamodules.celebamask import (
     flip_label_map,
     write_synthetic_celebamask,
 )
+from datamodules.celebamask import writer as celebamask_writer
 from datamodules.celebamask.layout import (
     ATTRIBUTE_FILE,
     MAPPING_FILE,
@@ -28,8 +29,10 @@ from datamodules.celebamask.layout import (
     mask_path,
     parse_attributes,
 )
+from datamodules.synthetic_root import partial_path, write_root_once
 from datamodules.transforms import JointTransform
 from lightning_mtl.tasks.base import TargetSpec
+from tests.conftest import TINY_MODEL
 
 SIDE = 32  # image side; masks are SIDE // 2, like 1024 / 512
 MASK = SIDE // 2
@@ -334,3 +337,118 @@ def test_batches(root: Path, augment: bool) -> None:
         assert set(batch["seg"].unique().tolist()) <= {0, 1, 2, 255}
         for key in ("male", "smile"):
             assert batch[key].shape == (b,) and batch[key].dtype == torch.float32
+
+
+def _mtimes(root: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in [root, *root.rglob("*")]}
+
+
+def test_synthesize_in_prepare_data(tmp_path: Path) -> None:
+    root = tmp_path / "faces"
+    options = {"image_size": (MASK, MASK), "augment": False, "tasks": ["seg", "male", "smile"]}
+    dm = CelebAMaskHQDataModule(str(root), synthesize=24, **options)  # no root yet: no check
+    assert dm.targets["seg"].num_classes == 3 and not root.exists()
+    with pytest.raises(FileNotFoundError, match=r"does not exist yet: with synthesize=24"):
+        dm.setup("fit")  # setup without prepare_data says what is missing
+    dm.prepare_data()
+    assert check_celebamask(root) == []
+    assert len(list((root / "CelebA-HQ-img").iterdir())) == 24
+    with Image.open(image_path(root, 0)) as im:
+        assert im.size == (SIDE, SIDE)  # twice image_size: the masks come at image_size
+    dm.setup("fit")
+    sizes = {split: len(ds) for split, ds in dm.datasets.items()}
+    assert sum(sizes.values()) == 24 and min(sizes.values()) > 0, sizes
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape[1:] == (3, MASK, MASK) and set(batch["seg"].unique().tolist()) <= {
+        0,
+        1,
+        2,
+    }
+    assert [p.name for p in tmp_path.iterdir()] == ["faces"]  # no partial folder left
+
+    before = _mtimes(root)
+    again = CelebAMaskHQDataModule(str(root), synthesize=24, **options)  # checked in __init__
+    again.prepare_data()  # the root exists: nothing rewritten
+    again.setup("fit")
+    assert _mtimes(root) == before
+    assert _split_ids(again) == _split_ids(dm)
+    assert _split_ids(_datamodule(root, tasks=["male"])) == _split_ids(dm)  # synthesize=0
+
+
+def test_interrupted_synthesis_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "faces"
+    render = celebamask_writer._render
+    calls = []
+
+    def crash_halfway(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 6:
+            raise RuntimeError("killed halfway")
+        return render(*args, **kwargs)
+
+    dm = CelebAMaskHQDataModule(str(root), synthesize=12, image_size=(MASK, MASK))
+    monkeypatch.setattr(celebamask_writer, "_render", crash_halfway)
+    with pytest.raises(RuntimeError, match="killed halfway"):
+        dm.prepare_data()
+    assert len(calls) == 7  # six faces were on disk when it failed
+    assert list(tmp_path.iterdir()) == []  # neither the root nor the partial folder
+    with pytest.raises(FileNotFoundError, match="cannot be downloaded here"):
+        CelebAMaskHQDataModule(str(root))  # no root: the usual message
+    monkeypatch.undo()
+    # a killed process leaves only a hidden partial folder: it is never read, and rewritten
+    stale = partial_path(root)
+    write_synthetic_celebamask(stale, 3, SIDE)
+    (stale / "junk").touch()
+    dm.prepare_data()
+    assert check_celebamask(root) == [] and not (root / "junk").exists()
+    assert len(list((root / "CelebA-HQ-img").iterdir())) == 12
+    assert [p.name for p in tmp_path.iterdir()] == ["faces"]
+
+
+def test_write_root_once_keeps_a_root_written_meanwhile(tmp_path: Path) -> None:
+    root = tmp_path / "faces"
+
+    def racing_writer(folder: Path) -> None:  # another process finishes first
+        write_synthetic_celebamask(folder, 2, SIDE)
+        write_synthetic_celebamask(root, 3, SIDE)
+
+    assert not write_root_once(root, racing_writer)
+    assert [p.name for p in tmp_path.iterdir()] == ["faces"]
+    assert len(list((root / "CelebA-HQ-img").iterdir())) == 3
+    assert not write_root_once(root, racing_writer)  # exists: the writer is not called
+
+    def bad_root(folder: Path) -> None:
+        (folder / "CelebA-HQ-img").mkdir(parents=True)
+
+    with pytest.raises(FileNotFoundError, match="missing"):
+        write_root_once(tmp_path / "bad", bad_root, check=CelebAMaskHQDataModule._check_root)
+    assert [p.name for p in tmp_path.iterdir()] == ["faces"]  # a root failing its check is dropped
+
+
+def test_fit_from_synthesized_root(tmp_path: Path) -> None:
+    import lightning as L
+
+    from lightning_mtl import MultiTaskLightningModule
+
+    tasks = ["seg", "male", "smile"]
+    dm = CelebAMaskHQDataModule(
+        str(tmp_path / "faces"), tasks=tasks, synthesize=24, image_size=(32, 32), batch_size=8
+    )
+    module = MultiTaskLightningModule(tasks=tasks, targets=dm.targets, **TINY_MODEL)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, dm)  # the Trainer's prepare_data writes the root, setup reads it
+    assert check_celebamask(tmp_path / "faces") == []
+    assert sum(len(ds) for ds in dm.datasets.values()) == 24
+    metrics = trainer.callback_metrics
+    assert torch.isfinite(metrics["val/loss"])
+    assert {t for t in tasks if any(k.startswith(f"val/{t}/") for k in metrics)} == set(tasks)

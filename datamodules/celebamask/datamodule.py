@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -11,6 +12,7 @@ import numpy as np
 from lightning_mtl.tasks.base import TargetSpec
 
 from ..base import Arrays, MultiTaskDataModule, MultiTaskDataset, image_size_of, seeded_split
+from ..synthetic_root import write_root_once
 from ..transforms import JointTransform
 from .classes import class_map, flip_label_map, num_classes, parsing_lut
 from .layout import (
@@ -29,6 +31,7 @@ from .layout import (
     parse_mapping,
     read_attribute_names,
 )
+from .writer import write_synthetic_celebamask
 
 #: attribute task key → column: the lower-cased CelebA names
 ATTRIBUTE_KEYS: dict[str, int] = {name.lower(): k for k, name in enumerate(ATTRIBUTES)}
@@ -81,6 +84,9 @@ class CelebAMaskHQDataModule(MultiTaskDataModule):
     "official" = CelebA's train/val/test partition of each id's CelebA source image, via
     `CelebA-HQ-to-CelebA-mapping.txt` (CelebA's list_eval_partition.txt is contiguous by file
     number, so it is not needed).
+    `synthesize=N` makes `prepare_data` write N drawn faces (`write_synthetic_celebamask`, at
+    twice `image_size` so the masks come at `image_size`) into `root` when it does not exist
+    yet, once and atomically; the root is checked after the write instead of in `__init__`.
     """
 
     def __init__(
@@ -95,11 +101,15 @@ class CelebAMaskHQDataModule(MultiTaskDataModule):
         split: Literal["random", "official"] = "random",
         split_fractions: Sequence[float] = (0.6, 0.2, 0.2),
         seed: int = 0,
+        synthesize: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers)
+        if synthesize < 0:
+            raise ValueError(f"synthesize must be >= 0, got {synthesize}")
         self.root = Path(root)
-        check_root(self.root)
-        read_attribute_names(self.root / ATTRIBUTE_FILE)  # a malformed header fails here
+        self.synthesize = synthesize
+        if not synthesize or self.root.exists():  # else checked once prepare_data has written it
+            self._check_root(self.root)
         self.class_map = class_map(parts)
         self.num_classes = num_classes(self.class_map)
         self.flip_label_map = flip_label_map(self.class_map)
@@ -121,6 +131,31 @@ class CelebAMaskHQDataModule(MultiTaskDataModule):
         self.split_fractions = tuple(split_fractions)
         self.seed = seed
 
+    @staticmethod
+    def _check_root(root: Path) -> None:
+        """Raise unless `root` has the official layout and a well-formed attribute header."""
+        check_root(root)
+        read_attribute_names(root / ATTRIBUTE_FILE)  # a malformed header fails here
+
+    @property
+    def _synthetic_size(self) -> int:
+        """The side of the synthesized images: masks (half the images) come at `image_size`."""
+        return max(16, 2 * max(self.image_size))
+
+    def prepare_data(self) -> None:
+        """With `synthesize`, write the synthetic faces once; a crash leaves no partial root."""
+        if self.synthesize:
+            write_root_once(
+                self.root,
+                partial(
+                    write_synthetic_celebamask,
+                    num_images=self.synthesize,
+                    image_size=self._synthetic_size,
+                    seed=self.seed,
+                ),
+                check=self._check_root,
+            )
+
     @property
     def targets(self) -> dict[str, TargetSpec]:
         """`seg` and the 40 attributes (plus any alias requested in `tasks`), by batch key."""
@@ -134,6 +169,12 @@ class CelebAMaskHQDataModule(MultiTaskDataModule):
         """Read the attribute rows, match them with the images, split the ids."""
         if self.datasets:
             return
+        if self.synthesize and not self.root.exists():
+            raise FileNotFoundError(
+                f"{self.root} does not exist yet: with synthesize={self.synthesize}, "
+                "prepare_data() writes it (the Trainer calls it before setup)"
+            )
+        self._check_root(self.root)  # the root may have been written since __init__
         records = self._records()
         splits = self._split([image_id for image_id, _ in records])
         reader = CelebAMaskReader(self.root, self.tasks, parsing_lut(self.class_map))

@@ -62,7 +62,8 @@ def check_root(root: Path) -> None:
         raise FileNotFoundError(
             f"{root} is not a CelebAMask-HQ root (missing {missing}). CelebAMask-HQ cannot be "
             "downloaded here: get it from https://github.com/switchablenorms/CelebAMask-HQ and "
-            f"unpack it so that root holds {LAYOUT}; or write a synthetic stand-in with "
+            f"unpack it so that root holds {LAYOUT}; or pass synthesize=N to write N synthetic "
+            "faces there, or write them with "
             "datamodules.celebamask.write_synthetic_celebamask(root, num_images)"
         )
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -11,6 +9,7 @@ from pathlib import Path
 from lightning_mtl.tasks.base import TargetSpec
 
 from ..base import MultiTaskDataModule, MultiTaskDataset, image_size_of, seeded_split
+from ..synthetic_root import write_root_once
 from ..transforms import JointTransform
 from .formats import FORMATS
 from .reader import Layout, Sample, layout_of, resolve
@@ -88,20 +87,21 @@ class NYUv2DataModule(MultiTaskDataModule):
 
     def prepare_data(self) -> None:
         """With `synthesize`, write the synthetic scenes once; a crash leaves no partial root."""
-        if not self.synthesize or self.root.exists():
+        if not self.synthesize:
             return
-        partial_root = self.root.with_name(f".{self.root.name}.partial-{os.getpid()}")
-        shutil.rmtree(partial_root, ignore_errors=True)
         num_test = max(1, self.synthesize // 4)
-        write_synthetic_nyuv2(
-            partial_root, self._write_format, self.synthesize, num_test, self.image_size, self.seed
+        write_root_once(
+            self.root,
+            partial(
+                write_synthetic_nyuv2,
+                format=self._write_format,
+                num_train=self.synthesize,
+                num_test=num_test,
+                image_size=self.image_size,
+                seed=self.seed,
+            ),
+            check=partial(resolve, format=self._write_format, num_classes=self.num_classes),
         )
-        try:
-            partial_root.rename(self.root)
-        except OSError:
-            if not self.root.exists():  # else another process wrote it first
-                raise
-            shutil.rmtree(partial_root)
 
     def _splits(self) -> dict[str, list[Sample]]:
         splits = self.layout.samples()
