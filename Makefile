@@ -9,6 +9,8 @@ DATA      ?= synthetic
 CONFIG    ?= experiments/$(DATA).yaml
 META_CONFIG ?= experiments/meta/$(DATA).yaml
 LOMT_CONFIG ?= experiments/lomt/$(DATA).yaml
+GRID      ?= experiments/sweeps/synthetic.yaml
+RUNS      ?= runs/synthetic-smoke
 comma := ,
 LOGGER    ?= wandb
 EPOCHS    ?=
@@ -24,7 +26,7 @@ TRAIN_FLAGS := --config $(CONFIG) --run.logger $(LOGGER) \
 	$(if $(DATA_ROOT),--data.init_args.root $(DATA_ROOT)) \
 	$(if $(NAME),--run.name $(NAME))
 
-.PHONY: install train meta lomt test test-fast bench lint format clean
+.PHONY: install train meta lomt sweep report test test-fast bench lint format clean
 
 install: $(STAMP)
 
@@ -47,6 +49,14 @@ meta: $(STAMP)
 lomt: $(STAMP)
 	$(BIN)/lightning-mtl lomt --config $(LOMT_CONFIG) \
 		$(if $(DATA_ROOT),--args '[--data.init_args.root$(comma) $(DATA_ROOT)]') $(ARGS)
+
+# a sweep file's grid, one run after another (complete runs skipped, partial ones resumed)
+sweep: $(STAMP)
+	$(BIN)/lightning-mtl sweep $(GRID) $(ARGS)
+
+# tables (Markdown, CSV) and figures (PNG) of a folder of runs: RUNS/report/
+report: $(STAMP)
+	$(BIN)/lightning-mtl report $(RUNS) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff format --check .

@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning_mtl.callbacks import PredictionSamples, RunSummary, SparsityMonitor
 from lightning_mtl.meta_test import MetaTestOptions, check_meta_test, meta_test
 from lightning_mtl.modules import MetaSparsityModule, MultiTaskLightningModule
+from lightning_mtl.runs import run_fields, run_name
 from lightning_mtl.tasks import TASK_REGISTRY
 
 
@@ -33,16 +34,21 @@ class RunOptions:
         root: folder holding the run folders.
         logger: `wandb` (CSV + W&B, offline when no API key is configured) or `csv`.
         wandb_project: W&B project the run lands in.
+        group: W&B run group (a sweep's runs share one: its name).
     """
 
     name: str | None = None
     root: str = "runs"
     logger: Literal["wandb", "csv"] = "wandb"
     wandb_project: str = "lightning-mtl"
+    group: str | None = None
 
 
 class LightningMTLCLI(LightningCLI):
     """LightningCLI with the run folder convention, checkpointing and sparsity callbacks."""
+
+    #: default run folder names end with a timestamp, so that reruns never share a folder
+    timestamp_run_names = True
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunOptions, "run")
@@ -65,11 +71,15 @@ class LightningMTLCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        run_dir = Path(config.run.root) / (config.run.name or _default_run_name(config))
+        fields = run_fields(config.as_dict())
+        name = config.run.name or run_name(fields)
+        if not config.run.name and self.timestamp_run_names:
+            name += time.strftime("_%Y%m%d-%H%M%S")
+        run_dir = Path(config.run.root) / name
         if config.trainer.default_root_dir is None:
             config.trainer.default_root_dir = str(run_dir)
         if config.trainer.logger is None:
-            config.trainer.logger = _loggers(run_dir, config.run)
+            config.trainer.logger = _loggers(run_dir, config.run, fields)
         if config.trainer.plugins is None:  # atomic checkpoint writes, clear load errors
             config.trainer.plugins = [
                 Namespace(class_path="lightning_mtl.checkpoint_io.AtomicCheckpointIO")
@@ -82,6 +92,13 @@ class LightningMTLCLI(LightningCLI):
                 logger.experiment.finish()
 
     after_validate = after_test = after_predict = after_fit
+
+
+class CompletionCLI(LightningMTLCLI):
+    """`lightning-mtl run`: the run folder is named after the run alone (`run_name`), so running
+    the same settings again finds the same folder and resumes or skips it."""
+
+    timestamp_run_names = False
 
 
 def _task_keys(tasks: Sequence) -> list[str]:
@@ -99,17 +116,13 @@ def _task_keys(tasks: Sequence) -> list[str]:
     return keys
 
 
-def _default_run_name(config: Namespace) -> str:
-    tasks = "+".join(t if isinstance(t, str) else type(t).__name__ for t in config.model.tasks)
-    lam = f"lam{config.model.lambda_:g}" if "lambda_" in config.model else "meta"
-    return f"{tasks}_{lam}_seed{config.seed_everything}_{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _loggers(run_dir: Path, run: Namespace) -> list[Namespace]:
-    """CSV always (reports need no W&B), first so that `trainer.log_dir` is the run folder."""
+def _loggers(run_dir: Path, run: Namespace, fields: dict) -> list[Namespace]:
+    """CSV always (reports need no W&B; kept across resumes), first so that `trainer.log_dir` is
+    the run folder.
+    W&B gets the run's `run_fields` as `run.*` config fields to group and compare runs by."""
     loggers = [
         Namespace(
-            class_path="lightning.pytorch.loggers.CSVLogger",
+            class_path="lightning_mtl.loggers.ResumableCSVLogger",
             init_args=Namespace(save_dir=str(run_dir), name="", version=""),
         )
     ]
@@ -122,6 +135,8 @@ def _loggers(run_dir: Path, run: Namespace) -> list[Namespace]:
                     project=run.wandb_project,
                     name=run_dir.name,
                     offline=wandb_offline(),
+                    group=run.group,
+                    config={"run": fields},
                 ),
             )
         )
@@ -263,6 +278,66 @@ def _compact(args: Sequence[str]) -> None:
     print(f"wrote {', '.join(str(out / name) for name in written)}")
 
 
+def _run(args: Sequence[str]) -> None:
+    from lightning_mtl.runs import run_to_completion
+
+    run_to_completion(list(args))
+
+
+def _sweep(args: Sequence[str]) -> None:
+    """Run a sweep file's grid here, one run after another (resumable)."""
+    import argparse
+
+    from lightning_mtl.sweep import load_sweep, run_sweep
+
+    parser = argparse.ArgumentParser(
+        prog="lightning-mtl sweep",
+        description="Run a W&B grid-sweep file's runs here, one after another; complete runs "
+        "are skipped and partial ones resumed. The same file works with `wandb sweep`.",
+    )
+    parser.add_argument("file", help="a sweep file (experiments/sweeps/*.yaml)")
+    sweep = load_sweep(parser.parse_args(args).file)
+    failed = run_sweep(sweep)
+    print(
+        f"sweep {sweep.name}: {len(sweep) - len(failed)}/{len(sweep)} runs complete in {sweep.root}"
+    )
+    if failed:
+        print("failed (rerun the sweep to retry them):\n  " + "\n  ".join(failed))
+        sys.exit(1)
+    print(f"report: lightning-mtl report {sweep.root}")
+
+
+def _report(args: Sequence[str]) -> None:
+    """Tables and figures of a folder of runs."""
+    import argparse
+
+    from lightning_mtl.reporting import report
+
+    parser = argparse.ArgumentParser(
+        prog="lightning-mtl report",
+        description="Tables (Markdown, CSV) and figures (PNG) of a folder of runs, from their "
+        "CSV logs and checkpoints.",
+    )
+    parser.add_argument("runs", type=Path, help="the folder holding the run folders")
+    parser.add_argument("--out", type=Path, help="output folder (default RUNS/report)")
+    parser.add_argument("--split", choices=["test", "val"], default="test")
+    parser.add_argument("--no-spy", action="store_true", help="skip the per-run spy plots")
+    parser.add_argument(
+        "--latency-rounds", type=int, default=0,
+        help="> 0: time dense vs compacted models for the latency figure",
+    )  # fmt: skip
+    options = parser.parse_args(args)
+    result = report(
+        options.runs, options.out, options.split, not options.no_spy, options.latency_rounds
+    )
+    print((result.out / "table.md").read_text())
+    for name, why in result.left_out.items():
+        print(f"left out {name}: {why}")
+    for note in result.notes:
+        print(note)
+    print(f"report: {result.out / 'report.md'} (tables, {len(result.figures)} figures)")
+
+
 def _data(args: Sequence[str]) -> None:
     from datamodules.check import main as check_main
 
@@ -270,6 +345,9 @@ def _data(args: Sequence[str]) -> None:
 
 
 JOBS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
+    "run": (_run, "fit ARGS, test the best checkpoint, result.json; resumes/skips its folder"),
+    "sweep": (_sweep, "FILE: run a sweep file's grid here, resumable (or `wandb sweep FILE`)"),
+    "report": (_report, "RUNS: tables (md/csv) and figures (png) of a folder of runs"),
     "meta": (_meta, "--config FILE: meta-train λ (MetaSparsityModule), then meta-test, table"),
     "lomt": (_lomt, "--config FILE: LOMT stage 1 → tap selection → LOMT vs conventional"),
     "bench": (_bench, "prox cost vs AdamW and in a training step; data loader vs training"),

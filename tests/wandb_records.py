@@ -45,3 +45,23 @@ def history_keys(path: Path) -> set[str]:
         if record.WhichOneof("record_type") == "history":
             keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
     return keys
+
+
+def run_config(path: Path) -> tuple[dict, str]:
+    """The run's config (as W&B received it, values decoded) and its group."""
+    import json
+
+    config, group = {}, ""
+    for record in records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            group = record.run.run_group
+            items = record.run.config.update
+        elif kind == "config":
+            items = record.config.update
+        else:
+            continue
+        for item in items:
+            key = item.key or "/".join(item.nested_key)
+            config[key] = json.loads(item.value_json)
+    return config, group

@@ -8,6 +8,7 @@ runs, so an interrupted pipeline resumes where it stopped.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import statistics
 from collections.abc import Mapping, Sequence
@@ -20,9 +21,11 @@ import torch
 import yaml
 
 from lightning_mtl.benchmark_compaction import latency_ms
-from lightning_mtl.cli import build_cli
+from lightning_mtl.cli import LightningMTLCLI, build_cli
 from lightning_mtl.lomt.selection import TaskProfile, profile_plot, select_taps
 from lightning_mtl.modules import MultiTaskLightningModule
+from lightning_mtl.reporting.tables import delta_m
+from lightning_mtl.runs import read_result, run_to_completion
 from lightning_mtl.sparsity import macs_and_params, sparsity_stats
 
 STAGES: tuple[str, ...] = ("stage1", "select", "stage2")
@@ -152,7 +155,7 @@ def write_profiles(options: LOMTOptions, root: Path) -> dict[str, TaskProfile]:
     """Per task: `profiles/{task}.json` (live-group fraction per conv and seed) and `.png`."""
     profiles = {}
     for task in options.tasks:
-        results = [_result(root / "stage1" / f"{task}_seed{s}") for s in options.seeds]
+        results = [read_result(root / "stage1" / f"{task}_seed{s}") for s in options.seeds]
         profile = TaskProfile(
             task=task,
             architecture=results[0]["architecture"],
@@ -208,7 +211,7 @@ def compare(options: LOMTOptions, root: Path) -> list[dict[str, Any]]:
     for combination in options.combinations:
         label = "+".join(combination)
         results = {
-            kind: [_result(root / "stage2" / f"{kind}_{label}_seed{s}") for s in options.seeds]
+            kind: [read_result(root / "stage2" / f"{kind}_{label}_seed{s}") for s in options.seeds]
             for kind in ("conventional", "lomt")
         }
         latency = _latency(root, label, options)
@@ -230,21 +233,10 @@ def compare(options: LOMTOptions, root: Path) -> list[dict[str, Any]]:
         means["lomt"]["delta_m_pct"] = delta_m(
             {t: means["lomt"][f"test/{t}/{main[t]}"] for t in combination},
             {t: means["conventional"][f"test/{t}/{main[t]}"] for t in combination},
-            {t: higher[t] for t in combination},
+            {t: higher[t][main[t]] for t in combination},
         )
         means["conventional"]["delta_m_pct"] = 0.0
     return rows
-
-
-def delta_m(
-    metrics: Mapping[str, float], reference: Mapping[str, float], higher: Mapping[str, bool]
-) -> float:
-    """Δm (%): the mean over tasks of the relative change against `reference`, signed so that
-    positive is better (Maninis et al. 2019)."""
-    changes = [
-        (1 if higher[t] else -1) * (metrics[t] - reference[t]) / reference[t] for t in metrics
-    ]
-    return 100.0 * statistics.mean(changes)
 
 
 def write_comparison(rows: Sequence[Mapping[str, Any]], root: Path) -> None:
@@ -282,9 +274,8 @@ def _train(
     stage1: bool = False,
     taps: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """One `lightning-mtl fit` (then test) of the base config, unless `run_dir` is complete."""
-    if (run_dir / "result.json").is_file():
-        return _result(run_dir)
+    """One run of the base config taken to completion (`run_to_completion`: fit, test the best
+    checkpoint, `result.json`; a complete run is not run again)."""
     args = [
         "--config", options.base_config,
         "--run.root", str(run_dir.parent),
@@ -302,39 +293,22 @@ def _train(
         if taps is not None:
             args += ["--model.taps", json.dumps(dict(taps))]
             args += ["--model.tap_output", options.stage2.tap_output]
-    cli = build_cli(run=False, args=args)
-    cli.trainer.fit(cli.model, cli.datamodule)
-    metrics = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]
-    cli.after_fit()
+    return run_to_completion(args, describe=functools.partial(_describe, taps=taps))
+
+
+def _describe(cli: LightningMTLCLI, taps: Mapping[str, str] | None) -> dict[str, Any]:
+    """What LOMT reads back from a run: taps, architecture, per-conv live fractions, size."""
     module = cli.model
-    stats = module_sparsity(module)
     example = torch.rand(1, 3, *cli.datamodule.image_size)
     macs, params = macs_and_params(module.model.eval(), example)
-    result = {
-        "tasks": list(tasks),
-        "seed": seed,
+    return {
         "taps": dict(taps or {}),
         "architecture": _architecture_of(module),
-        "layers": stats,
-        "metrics": {k: float(v) for k, v in metrics.items()},
-        "main_metrics": {k: t.main_metric for k, t in module.tasks.items()},
-        "higher_is_better": {k: t.higher_is_better[t.main_metric] for k, t in module.tasks.items()},
+        "layers": module_sparsity(module),
         "params": params,
         "macs": macs,
         "image_size": list(example.shape[-2:]),
     }
-    if cli.trainer.is_global_zero:
-        (run_dir / "result.json").write_text(json.dumps(result, indent=1))
-    return result
-
-
-def _result(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "result.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: run {run_dir.name} has not completed; run its stage first"
-        )
-    return json.loads(path.read_text())
 
 
 def _latency(root: Path, label: str, options: LOMTOptions) -> dict[str, float]:
@@ -348,7 +322,7 @@ def _latency(root: Path, label: str, options: LOMTOptions) -> dict[str, float]:
             run_dir / "checkpoints" / "last.ckpt", map_location="cpu"
         )
         models[kind] = module.model.eval()
-        size = _result(run_dir)["image_size"]
+        size = read_result(run_dir)["image_size"]
     x = torch.rand(1, 3, *size)
     return latency_ms(models, x, rounds=options.stage2.latency_rounds)
 

@@ -1,0 +1,151 @@
+"""`lightning-mtl report RUNS`: a folder of runs → the papers' tables (Markdown, CSV) and
+figures (PNG), from the CSV logs and checkpoints alone (no network)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
+
+from lightning_mtl.reporting import figures
+from lightning_mtl.reporting.logs import read_runs
+from lightning_mtl.reporting.tables import Row, format_lambda, markdown, table_rows, write_tables
+
+
+@dataclass
+class Report:
+    """What `report` wrote and what it left out (folder name → reason)."""
+
+    out: Path
+    rows: list[Row]
+    left_out: dict[str, str]
+    notes: list[str]
+    figures: list[Path] = field(default_factory=list)
+
+
+def report(
+    root: Path,
+    out: Path | None = None,
+    split: str = "test",
+    spy: bool = True,
+    latency_rounds: int = 0,
+) -> Report:
+    """Tables and figures of the runs under `root`, written to `out` (default `root/report`).
+
+    `split`: the metrics of the `test` split (the best checkpoint's) or of the best `val`
+    epoch. `spy`: a group spy plot per setting from its first seed's checkpoint.
+    `latency_rounds` > 0: compact each setting's first-seed checkpoint and time it against the
+    dense model (batch 1) for the latency figure.
+    """
+    out = out or root / "report"
+    runs, left_out = read_runs(root, split)
+    if not runs:
+        raise ValueError(
+            f"no complete run under {root}"
+            + "".join(f"\n  {name}: {why}" for name, why in left_out.items())
+        )
+    rows, notes = table_rows(runs)
+    result = Report(out, rows, left_out, notes)
+    write_tables(rows, out)
+    for dataset in dict.fromkeys(r.dataset for r in rows):
+        of_dataset = [r for r in rows if r.dataset == dataset]
+        plots: dict[str, Callable[[Sequence[Row], str], Figure]] = {
+            "metric_vs_lambda": figures.metric_vs_lambda,
+            "sparsity_vs_lambda": figures.sparsity_vs_lambda,
+            "sparsification": figures.sparsification_over_epochs,
+            "layers": figures.layer_profiles,
+        }
+        for name, plot in plots.items():
+            result.figures.append(_save(plot(of_dataset, dataset), out / f"{dataset}_{name}.png"))
+        if latency_rounds > 0:
+            points = _latency_points(of_dataset, latency_rounds)
+            fig = figures.latency_vs_sparsity(points)
+            result.figures.append(_save(fig, out / f"{dataset}_latency.png"))
+    if spy:
+        result.figures += _spy_plots(rows, out / "spy")
+    (out / "report.md").write_text(_index(result, root, split))
+    return result
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _load(row: Row):
+    """The first seed's module from its best checkpoint (None when no checkpoint was kept)."""
+    from lightning_mtl.modules import MultiTaskLightningModule
+
+    run = min(row.runs, key=lambda r: r.fields["seed"])
+    if run.checkpoint is None:
+        return run, None
+    return run, MultiTaskLightningModule.load_from_checkpoint(run.checkpoint, map_location="cpu")
+
+
+def _spy_plots(rows: Sequence[Row], out: Path) -> list[Path]:
+    from lightning_mtl.plots import spy_plot
+
+    paths = []
+    for row in rows:
+        run, module = _load(row)
+        if module is None:
+            continue
+        title = (
+            f"{row.dataset} {row.tasks} λ={format_lambda(row.lambda_)} seed {run.fields['seed']}"
+        )
+        fig = spy_plot(module.sparse_weights(), module.sparsity.group_by, title=title)
+        paths.append(_save(fig, out / f"{run.folder.name}.png"))
+    return paths
+
+
+def _latency_points(
+    rows: Sequence[Row], rounds: int
+) -> dict[str, list[tuple[float, float, float]]]:
+    """(group sparsity %, dense ms, compacted ms) per combination, one point per λ."""
+    import copy
+
+    from lightning_mtl.benchmark_compaction import latency_ms
+    from lightning_mtl.sparsity import compact
+
+    points: dict[str, list[tuple[float, float, float]]] = {}
+    for row in rows:
+        run, module = _load(row)
+        if module is None or row.lambda_ is None or run.image_size is None:
+            continue
+        dense = module.model.eval()
+        example = torch.rand(1, 3, *run.image_size)
+        compacted = copy.deepcopy(dense)
+        compact(compacted, example)
+        times = latency_ms({"dense": dense, "compacted": compacted}, example, rounds=rounds)
+        point = (run.at_best("sparsity/group_pct"), times["dense"], times["compacted"])
+        points.setdefault(row.tasks, []).append(point)
+    return points
+
+
+def _index(result: Report, root: Path, split: str) -> str:
+    """`report.md`: how it was made, what was left out, the tables, the figures."""
+    lines = [
+        f"# Report: {root}",
+        "",
+        f"{sum(len(r.runs) for r in result.rows)} runs in {len(result.rows)} settings; "
+        f"metrics of the {split} split "
+        + ("(best checkpoint by val/loss)" if split == "test" else "(best val/loss epoch)")
+        + "; sparsity of the grouped convs at that epoch; mean ± std over seeds; Δm (%) of "
+        "the main metrics against the λ = 0 single-task runs (positive = better).",
+        "",
+    ]
+    if result.left_out:
+        lines += ["## Left out", ""]
+        lines += [f"- `{name}`: {why}" for name, why in result.left_out.items()]
+        lines.append("")
+    if result.notes:
+        lines += ["## Notes", "", *[f"- {note}" for note in result.notes], ""]
+    lines += ["## Tables", "", markdown(result.rows), "## Figures", ""]
+    lines += [f"![{p.stem}]({p.relative_to(result.out)})" for p in result.figures]
+    return "\n".join(lines) + "\n"
