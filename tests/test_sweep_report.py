@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from lightning_mtl.cli import main
-from lightning_mtl.reporting import read_runs, report
+from lightning_mtl.reporting import report
 from lightning_mtl.sweep import grid, load_sweep, run_sweep
 from tests.conftest import TINY_DATA, TINY_MODEL
 from tests.wandb_records import run_config
@@ -231,9 +231,8 @@ def test_a_failing_run_is_reported_and_the_sweep_goes_on(tmp_path, capsys):
 
 
 def test_wandb_runs_carry_the_sweep_group_and_the_run_fields(tmp_path):
-    path = sweep_file(
-        tmp_path, "wb", [["seg", "depth"]], [0.01], [3], ["--run.logger", "wandb", "--run.group", "wb"]
-    )  # fmt: skip
+    wandb = ["--run.logger", "wandb", "--run.group", "wb"]
+    path = sweep_file(tmp_path, "wb", [["seg", "depth"]], [0.01], [3], wandb)
     main(["sweep", str(path)])
     files = list((tmp_path / "wb" / "seg+depth_lam0.01_seed3").glob("wandb/offline-run-*/*.wandb"))
     assert len(files) == 1
@@ -265,9 +264,9 @@ def test_bad_sweep_files_are_rejected_with_the_reason(tmp_path):
         spec.update(change)
         path = tmp_path / "bad.yaml"
         path.write_text(yaml.safe_dump(spec))
-        with pytest.raises(ValueError) as error:
+        with pytest.raises(ValueError) as raised:
             load_sweep(path)
-        return str(error.value)
+        return str(raised.value)
 
     assert "method must be `grid`" in bad({"method": "bayes"})
     assert "command must be" in bad({"command": ["python", "train.py"]})
