@@ -264,7 +264,7 @@ def test_bad_sweep_files_are_rejected_with_the_reason(tmp_path):
         spec.update(change)
         path = tmp_path / "bad.yaml"
         path.write_text(yaml.safe_dump(spec))
-        with pytest.raises(ValueError) as raised:
+        with pytest.raises(ValueError, match=str(path)) as raised:
             load_sweep(path)
         return str(raised.value)
 
