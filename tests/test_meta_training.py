@@ -201,7 +201,9 @@ def test_fit_with_validation_logs_the_task_metrics_and_sparsity(tmp_path):
     )
     trainer.fit(module, data)
     with open(tmp_path / "metrics.csv") as f:
-        keys = set(next(csv.reader(f)))
+        rows = list(csv.DictReader(f))
+    keys = set(rows[0])
+    assert any(float(r["meta/rho_grad"]) > 0 for r in rows if r["meta/rho_grad"])
     expected = {"train/loss", "lambda", "meta/inner_loss", "meta/rho_grad", "val/loss"}
     expected |= {"sparsity/group_pct", "sparsity/param_pct", "sparsity/layer/conv1"}
     expected |= {f"val/{task}/loss" for task in TASKS}

@@ -242,13 +242,13 @@ class MetaSparsityModule(MultiTaskLightningModule):
             torch.zeros_like(p) if g is None else g for (_, p), g in zip(named, grads, strict=True)
         ]
         self._apply_reduced(named, grads, result.buffers)
+        self._log_step(result, len(meta_batch))  # before zero_grad clears ρ's gradient
         lambdas = self.layer_lambdas()
         for group in self._sparse_param_groups():
             layer = group.get("layer", self.sparse_names[0])  # one group: λ is a scalar
             group["lambda_"] = float(lambdas[layer].detach())
         self.optimizers().step()
         self.optimizers().zero_grad()
-        self._log_step(result, len(meta_batch))
         self._warn_if_all_dead()
         return result.loss.detach()
 
