@@ -22,8 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 from lightning import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+
+from .sampling import ResumableSampler, ResumableTrainLoader
 
 Arrays = dict[str, Any]
 Reader = Callable[[Any], Arrays]
@@ -50,7 +53,12 @@ def to_batch(arrays: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Tensor
 
 
 class MultiTaskDataset(Dataset):
-    """Samples read by `reader` from `records`, optionally transformed, in the batch layout."""
+    """Samples read by `reader` from `records`, optionally transformed, in the batch layout.
+
+    An item is an index or an `(index, seed)` pair (what a `ResumableSampler` with
+    `sample_seeds` yields): the seed then reseeds a transform that has `set_random_seed` (as
+    `JointTransform` has) for that sample, so its augmentation depends on the seed only.
+    """
 
     def __init__(
         self,
@@ -67,9 +75,12 @@ class MultiTaskDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Tensor]:
+        index, seed = index if isinstance(index, tuple) else (index, None)
         arrays = self.reader(self.records[index])
         if self.transform is not None:
+            if seed is not None and hasattr(self.transform, "set_random_seed"):
+                self.transform.set_random_seed(seed)
             arrays = self.transform(arrays)
         return to_batch(arrays, self.keys)
 
@@ -91,12 +102,14 @@ def seeded_split(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarr
     return np.split(order, cuts)
 
 
-class MultiTaskDataModule(LightningDataModule):
+class MultiTaskDataModule(ResumableTrainLoader, LightningDataModule):
     """Loaders and task selection shared by the datamodules.
 
     Subclasses fill `self.datasets` ("train", "val", "test") in `setup()` and expose `targets`
     (what they can provide, by batch key). The train loader shuffles and drops a last partial
-    batch; predict uses the test split.
+    batch; predict uses the test split. The train order and augmentation are a pure function of
+    (seed, epoch) and checkpointed (`ResumableTrainLoader`), so a run resumed mid-epoch
+    continues exactly.
     """
 
     def __init__(self, batch_size: int, num_workers: int) -> None:
@@ -119,25 +132,56 @@ class MultiTaskDataModule(LightningDataModule):
             raise ValueError(f"{what} cannot provide {unknown}; available targets: {list(targets)}")
         return tuple(dict.fromkeys(tasks))
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        dataset = self.datasets[split]
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.datasets["train"]
+        sampler = self.train_sampler(
+            ResumableSampler,
+            dataset,
+            self.batch_size,
+            sample_seeds=isinstance(dataset, MultiTaskDataset),
+        )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(dataset) > self.batch_size,
+            sampler=sampler,
+            drop_last=len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # worker base seeds from here, not from the global RNG (dropout's stream)
+            generator=torch.Generator().manual_seed(sampler.seed),
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+    def _eval_loader(self, split: str) -> DataLoader:
+        """The val/test/predict loader: in order, every sample once.
+
+        Under a distributed trainer each rank takes every `world_size`-th sample from its rank
+        on (`UnrepeatedDistributedSampler`), so ranks may get one sample (and batch) fewer
+        instead of the padding Lightning's own `DistributedSampler` adds by repeating samples,
+        which would count those samples twice in the split's metrics. It is a
+        `DistributedSampler`, so Lightning keeps it. Needs at least one sample per rank.
+        """
+        dataset = self.datasets[split]
+        trainer = self.trainer  # a plain attribute of a datamodule: None outside a Trainer
+        sampler = None
+        if trainer is not None and trainer.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            # worker base seeds from here: starting a loader draws nothing from the global RNG
+            generator=torch.Generator().manual_seed(0),
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._eval_loader("test")

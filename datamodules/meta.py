@@ -9,14 +9,16 @@ test and predict stay the wrapped module's own.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence, Sized
+from collections.abc import Sequence, Sized
 from typing import Any
 
 import numpy as np
+import torch
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .base import MultiTaskDataModule
+from .base import MultiTaskDataModule, MultiTaskDataset
+from .sampling import ResumableSampler, ResumableTrainLoader, sample_seed
 
 #: one task combination's samples: {"tasks": tuple[str, ...], "support": batch, "query": batch}
 MetaTask = dict[str, Any]
@@ -78,7 +80,8 @@ class MetaBatchDataset(Dataset):
     A meta-batch is a list of `meta_batch_size` dicts {"tasks", "support", "query"}: distinct
     combinations drawn without replacement from `combinations`; per combination,
     `support_size + query_size` distinct indices of `dataset`, so support and query are disjoint;
-    each batch is `default_collate` of the dataset's samples (all keys the dataset provides).
+    each batch is `default_collate` of the dataset's samples (all keys the dataset provides); a
+    `MultiTaskDataset` gets a per-sample augmentation seed from `(seed, k, position)` as well.
     The length is the number of meta-batches per epoch; `MetaBatchSampler` numbers them globally.
     """
 
@@ -117,9 +120,9 @@ class MetaBatchDataset(Dataset):
         rng = np.random.default_rng([self.seed, int(k)])
         picks = rng.choice(len(self.combinations), self.meta_batch_size, replace=False)
         meta_batch = []
-        for pick in picks:
+        for n, pick in enumerate(picks):
             indices = rng.choice(len(self.dataset), self.support_size + self.query_size, False)
-            samples = [self.dataset[int(i)] for i in indices]
+            samples = [self._sample(int(i), (k, n, j)) for j, i in enumerate(indices)]
             meta_batch.append(
                 {
                     "tasks": self.combinations[pick],
@@ -129,44 +132,52 @@ class MetaBatchDataset(Dataset):
             )
         return meta_batch
 
+    def _sample(self, index: int, where: tuple[int, int, int]) -> Any:
+        """Sample `index` at (meta-batch, combination, position) `where`."""
+        if not isinstance(self.dataset, MultiTaskDataset):
+            return self.dataset[index]
+        return self.dataset[index, sample_seed(self.seed, *where)]
+
 
 def _as_is(meta_batch: list[MetaTask]) -> list[MetaTask]:
     """The loader's per-item convert: keep `tasks` a tuple (`default_convert` makes lists)."""
     return meta_batch
 
 
-class MetaBatchSampler(DistributedSampler):
+class MetaBatchSampler(ResumableSampler):
     """Global meta-batch numbers `epoch * n + rank + j * num_replicas` for j < n // num_replicas,
     n = len(dataset): every epoch and every rank gets different meta-batches, and every rank
     takes the same number of steps.
 
-    A `DistributedSampler` so that Lightning keeps it under DDP instead of injecting its own, and
-    calls `set_epoch` on it each epoch. `num_replicas` and `rank` are explicit, so it works without
-    `torch.distributed`.
+    A `ResumableSampler` (so a `DistributedSampler`, which Lightning keeps under DDP instead of
+    injecting its own, and calls `set_epoch` on each epoch; `skip` leaves out the meta-batches a
+    checkpoint had done). `num_replicas` and `rank` are explicit, so it works without
+    `torch.distributed`; `seed` is unused (a meta-batch's content is `MetaBatchDataset`'s).
     """
 
-    def __init__(self, dataset: Sized, num_replicas: int, rank: int) -> None:
+    def __init__(self, dataset: Sized, num_replicas: int, rank: int, seed: int = 0) -> None:
         if not 1 <= num_replicas <= len(dataset):
             raise ValueError(
                 f"meta_batches_per_epoch ({len(dataset)}) must be >= the world size "
                 f"({num_replicas}) so that every rank gets a meta-batch"
             )
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        super().__init__(dataset, num_replicas, rank, shuffle=False, seed=seed)
         self.per_epoch = len(dataset)
 
-    def __iter__(self) -> Iterator[int]:
+    def indices(self) -> list[int]:
         start = self.epoch * self.per_epoch + self.rank
-        return iter(range(start, start + len(self) * self.num_replicas, self.num_replicas))
+        return list(range(start, start + len(self) * self.num_replicas, self.num_replicas))
 
     def __len__(self) -> int:
         return self.per_epoch // self.num_replicas
 
 
-class MetaTaskDataModule(LightningDataModule):
+class MetaTaskDataModule(ResumableTrainLoader, LightningDataModule):
     """A `MultiTaskDataModule` whose train loader yields meta-batches (see `MetaBatchDataset`):
     each step is `meta_batch_size` distinct combinations of at least `min_tasks` of `tasks`, each
-    with its own support and query batch. Validation, test, predict, `prepare_data`, `setup`,
-    `targets` and the state dict are the wrapped module's.
+    with its own support and query batch. Validation, test, predict, `prepare_data`, `setup` and
+    `targets` are the wrapped module's; the state dict is the meta-batch sampler's position
+    (`ResumableTrainLoader`), so a run resumed mid-epoch continues with the next meta-batch.
 
     Build the wrapped module with `tasks=None` (or a superset of the meta tasks): its samples must
     carry every target a combination may ask for. `tasks=None` here means the wrapped module's
@@ -256,13 +267,7 @@ class MetaTaskDataModule(LightningDataModule):
         """One meta-batch per step; `batch_size=None` since a meta-batch is already collated."""
         if self.meta_dataset is None:
             raise RuntimeError("call setup('fit') before train_dataloader()")
-        trainer = self.trainer  # a datamodule's trainer is a plain attribute, None until fit
-        world, rank = (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
-        sampler = MetaBatchSampler(self.meta_dataset, world, rank)
-        if trainer is not None:
-            # Lightning builds (and prefetches from) the first iterator before it calls
-            # set_epoch, and a resumed run trains its first epoch on it: start at that epoch
-            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+        sampler = self.train_sampler(MetaBatchSampler, self.meta_dataset, 1)
         return DataLoader(
             self.meta_dataset,
             batch_size=None,
@@ -270,19 +275,21 @@ class MetaTaskDataModule(LightningDataModule):
             collate_fn=_as_is,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # worker base seeds from here, not from the global RNG (dropout's stream)
+            generator=torch.Generator().manual_seed(sampler.seed),
         )
 
     def val_dataloader(self) -> Any:
-        return self.datamodule.val_dataloader()
+        return self._wrapped().val_dataloader()
 
     def test_dataloader(self) -> Any:
-        return self.datamodule.test_dataloader()
+        return self._wrapped().test_dataloader()
 
     def predict_dataloader(self) -> Any:
-        return self.datamodule.predict_dataloader()
+        return self._wrapped().predict_dataloader()
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.datamodule.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.datamodule.load_state_dict(state_dict)
+    def _wrapped(self) -> MultiTaskDataModule:
+        """The wrapped module, with this module's trainer: Lightning attaches only the datamodule
+        it was given, and the wrapped module's eval loaders split by the trainer's ranks."""
+        self.datamodule.trainer = self.trainer
+        return self.datamodule

@@ -41,7 +41,8 @@ class JointTransform:
     divided by s. `flip_label_map[c]` is the label of class c after a horizontal flip.
     `seed` makes the sampling reproducible; inside a DataLoader worker the generator is
     reseeded from the worker's torch seed (albumentations 2.0 does not, so every worker would
-    otherwise draw the same augmentations).
+    otherwise draw the same augmentations) unless `set_random_seed` is called per sample, as
+    `MultiTaskDataset` does with the seeds of a `ResumableSampler` (train loaders).
     """
 
     def __init__(
@@ -101,6 +102,12 @@ class JointTransform:
         if "edge" in out:
             result["edge"] = out["edge"].astype(np.float32, copy=False)
         return result
+
+    def set_random_seed(self, seed: int) -> None:
+        """Draw the next augmentation from `seed` (instead of the per-worker stream)."""
+        info = get_worker_info()
+        self._worker_seed = None if info is None else info.seed  # no worker reseed after this
+        self.compose.set_random_seed(seed)
 
     def _reseed_in_worker(self) -> None:
         """Give each DataLoader worker (and each epoch's workers) its own random stream."""

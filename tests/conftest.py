@@ -30,16 +30,16 @@ DDP_TRAINER = {
 }
 
 
-def run_ddp_worker(worker: Path, out: Path) -> tuple[dict, dict]:
-    """Run a DDP worker script (`python WORKER OUT`; Lightning launches rank 1) and load what
-    its two ranks saved as OUT/rank{0,1}.pt."""
+def run_ddp_worker(worker: Path, out: Path, *args: str) -> tuple[dict, dict]:
+    """Run a DDP worker script (`python WORKER OUT ARGS…`; Lightning launches rank 1) and load
+    what its two ranks saved as OUT/rank{0,1}.pt."""
     import subprocess
     import sys
 
     import torch
 
     result = subprocess.run(
-        [sys.executable, str(worker), str(out)],
+        [sys.executable, str(worker), str(out), *args],
         capture_output=True,
         text=True,
         timeout=600,

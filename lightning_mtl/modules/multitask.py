@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torchmetrics import Metric
 
 from lightning_mtl.models import (
     TAP_OUTPUTS,
@@ -146,6 +147,14 @@ class MultiTaskLightningModule(L.LightningModule):
         self.test_metrics = nn.ModuleDict(
             {k: t.build_metrics().clone(prefix=f"test/{k}/") for k, t in self.tasks.items()}
         )
+        # the val/test losses by logged name ("val/loss", "val/seg/loss", …): see _log_loss
+        self.eval_losses = nn.ModuleDict(
+            {
+                name: _BatchSizeWeightedMean()
+                for split in ("val", "test")
+                for name in (f"{split}/loss", *(f"{split}/{k}/loss" for k in self.tasks))
+            }
+        )
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self._rng_before_sanity_check: dict[str, Any] | None = None
@@ -226,13 +235,22 @@ class MultiTaskLightningModule(L.LightningModule):
     def _evaluate(self, batch: Mapping[str, Tensor], split: str, metrics: nn.ModuleDict) -> None:
         preds, losses = self._shared_step(batch)
         size = batch["image"].shape[0]
-        self.log(f"{split}/loss", sum(losses.values()), batch_size=size, sync_dist=True)
+        self._log_loss(f"{split}/loss", sum(losses.values()), size)
         for key, task in self.tasks.items():
-            self.log(f"{split}/{key}/loss", losses[key], batch_size=size, sync_dist=True)
+            self._log_loss(f"{split}/{key}/loss", losses[key], size)
             metrics[key].update(
                 task.metric_input(preds[key]), task.metric_target(batch[task.target_key])
             )
             self.log_dict(metrics[key], batch_size=size)
+
+    def _log_loss(self, name: str, loss: Tensor, size: int) -> None:
+        """Log a val/test loss as the mean of the batch losses weighted by batch size, summed
+        over ranks by its torchmetrics state. (A logged tensor with `sync_dist=True` averages
+        the ranks' summed batch sizes as an integer tensor, truncating it when ranks saw
+        uneven data, e.g. 9 samples on 2 ranks give (5+4)//2 = 4: a loss 9/8 too large.)"""
+        mean = self.eval_losses[name]
+        mean.update(loss, size)
+        self.log(name, mean, batch_size=size)
 
     # -- optimisation ------------------------------------------------------------------------
 
@@ -291,9 +309,15 @@ class MultiTaskLightningModule(L.LightningModule):
             group["lambda_"] = configured if active else 0.0
 
     # -- exact resume ------------------------------------------------------------------------
-    # The global RNG streams (shuffling, dropout) are checkpointed and restored when the
-    # checkpoint is loaded, before the train loader's first iterator draws from them; the
-    # sanity-check validation is made RNG-neutral so it cannot shift them.
+    # The global RNG streams (dropout; the shuffling of a plain DataLoader) are checkpointed and
+    # restored when the checkpoint is loaded, and the sanity-check validation is made RNG-neutral
+    # so it cannot shift them. The datamodules' train loaders draw nothing from them (their
+    # order and augmentation come from `datamodules.sampling`), so the first batch after a
+    # mid-epoch checkpoint sees the stream as saved; a plain shuffling loader draws its epoch's
+    # permutation from it at the same point in both runs, so epoch-end resumes stay exact too.
+    # Only the saving process's (rank 0's) streams are in a checkpoint and every rank resumes
+    # with them: under DDP that is exact while the ranks' streams agree (`seed_everything` seeds
+    # every rank alike and they draw alike); ranks seeded apart lose their own dropout streams.
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_states"] = _rng_states()
@@ -310,6 +334,28 @@ class MultiTaskLightningModule(L.LightningModule):
     def on_validation_end(self) -> None:
         if self.trainer.sanity_checking:
             _set_rng_states(self._rng_before_sanity_check)
+
+
+class _BatchSizeWeightedMean(Metric):
+    """Σ value·size / Σ size over the batches of every rank (sum-reduced states); NaN stays NaN.
+
+    Not torchmetrics' `MeanMetric`: it drops NaN by default, and with `nan_strategy="disable"`
+    it ignores the weights (torchmetrics 1.9).
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("size", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor, size: int) -> None:
+        self.total += value.detach().float() * size
+        self.size += size
+
+    def compute(self) -> Tensor:
+        return self.total / self.size
 
 
 #: What must agree between a checkpoint and the module it is loaded into.
