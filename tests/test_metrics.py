@@ -207,3 +207,14 @@ def test_ods_f1_is_best_f1_over_the_sweep():
 
 def test_ods_f1_without_positives_is_zero_not_nan():
     assert ODSF1Score(thresholds=5)(torch.rand(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)).item() == 0
+
+
+def test_batch_weighted_mean_weights_by_batch_size_and_keeps_nan():
+    from lightning_mtl.metrics import BatchWeightedMean
+
+    mean = BatchWeightedMean()
+    mean.update(torch.tensor(1.0), 1)
+    mean.update(torch.tensor(3.0), 3)
+    assert float(mean.compute()) == pytest.approx((1 * 1 + 3 * 3) / 4)
+    mean.update(torch.tensor(float("nan")), 2)
+    assert torch.isnan(mean.compute())

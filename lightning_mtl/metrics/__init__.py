@@ -1,6 +1,7 @@
-"""Metrics that torchmetrics does not provide: paper IoU, masked depth/normal errors, ODS F1."""
+"""Metrics that torchmetrics does not provide: paper IoU, masked depth/normal errors, ODS F1,
+a batch-size-weighted mean that keeps NaN."""
 
-from lightning_mtl.metrics.base import MeanOfValues, check_same_shape
+from lightning_mtl.metrics.base import BatchWeightedMean, MeanOfValues, check_same_shape
 from lightning_mtl.metrics.depth import DepthAbsError, DepthRelError, DepthRMSE
 from lightning_mtl.metrics.edge import ODSF1Score
 from lightning_mtl.metrics.normal import (
@@ -13,6 +14,7 @@ from lightning_mtl.metrics.normal import (
 from lightning_mtl.metrics.segmentation import PerImageMicroIoU
 
 __all__ = [
+    "BatchWeightedMean",
     "DepthAbsError",
     "DepthRMSE",
     "DepthRelError",

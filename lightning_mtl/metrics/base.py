@@ -49,3 +49,25 @@ class MeanOfValues(Metric):
 
     def compute(self) -> Tensor:
         return self.total / self.count
+
+
+class BatchWeightedMean(Metric):
+    """Σ value·size / Σ size over the batches of every rank (sum-reduced states); NaN stays NaN.
+
+    Not torchmetrics' `MeanMetric`: it drops NaN by default, and with `nan_strategy="disable"`
+    it ignores the weights (torchmetrics 1.9).
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("size", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor, size: int) -> None:
+        self.total += value.detach().float() * size
+        self.size += size
+
+    def compute(self) -> Tensor:
+        return self.total / self.size

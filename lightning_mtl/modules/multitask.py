@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import Metric
 
+from lightning_mtl.metrics import BatchWeightedMean
 from lightning_mtl.models import (
     TAP_OUTPUTS,
     LayerOptimizedModel,
@@ -150,7 +150,7 @@ class MultiTaskLightningModule(L.LightningModule):
         # the val/test losses by logged name ("val/loss", "val/seg/loss", …): see _log_loss
         self.eval_losses = nn.ModuleDict(
             {
-                name: _BatchSizeWeightedMean()
+                name: BatchWeightedMean()
                 for split in ("val", "test")
                 for name in (f"{split}/loss", *(f"{split}/{k}/loss" for k in self.tasks))
             }
@@ -334,28 +334,6 @@ class MultiTaskLightningModule(L.LightningModule):
     def on_validation_end(self) -> None:
         if self.trainer.sanity_checking:
             _set_rng_states(self._rng_before_sanity_check)
-
-
-class _BatchSizeWeightedMean(Metric):
-    """Σ value·size / Σ size over the batches of every rank (sum-reduced states); NaN stays NaN.
-
-    Not torchmetrics' `MeanMetric`: it drops NaN by default, and with `nan_strategy="disable"`
-    it ignores the weights (torchmetrics 1.9).
-    """
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("size", torch.tensor(0), dist_reduce_fx="sum")
-
-    def update(self, value: Tensor, size: int) -> None:
-        self.total += value.detach().float() * size
-        self.size += size
-
-    def compute(self) -> Tensor:
-        return self.total / self.size
 
 
 #: What must agree between a checkpoint and the module it is loaded into.
