@@ -67,6 +67,7 @@ def _zero_groups(state_dict: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     return [~live_groups(w, "in_channel") for w in convs]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "workers"), [("mtl", 0), ("meta", 1)])
 def test_killed_mid_epoch_resumes_exactly(kind, workers, nyu_root, tmp_path):
     crashed = _worker(kind, nyu_root, tmp_path / "crashed", "--workers", workers, "--crash-at", 3)

@@ -100,6 +100,7 @@ def from_log(run: Path) -> dict[str, float]:
     return values
 
 
+@pytest.mark.slow
 def test_the_sweep_completes_every_grid_run_in_its_named_folder(sweep):
     assert len(sweep) == 12
     folders = {p.name for p in sweep.root.iterdir() if p.is_dir()}
@@ -110,6 +111,7 @@ def test_the_sweep_completes_every_grid_run_in_its_named_folder(sweep):
         assert "+".join(result["main_metrics"]) == result["tasks"]
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_complete_runs_and_finishes_partial_ones(sweep, capsys):
     partial = sweep.root / "seg_lam0.5_seed1"
     (partial / "result.json").unlink()
@@ -123,6 +125,7 @@ def test_a_rerun_skips_complete_runs_and_finishes_partial_ones(sweep, capsys):
     assert epochs == [0, 1]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_the_epochs_it_logged_before(sweep, tmp_path):
     shutil.copytree(sweep.root / "seg_lam0.5_seed1", tmp_path / "seg_lam0.5_seed1")
     (tmp_path / "seg_lam0.5_seed1" / "result.json").unlink()
@@ -136,6 +139,7 @@ def test_a_resumed_run_keeps_the_epochs_it_logged_before(sweep, tmp_path):
     assert [r for r in rows if r.get("val/loss")][:2] == first
 
 
+@pytest.mark.slow
 def test_the_table_matches_the_logs(sweep, tmp_path):
     result = report(sweep.root, tmp_path / "report", spy=False)
     assert not result.left_out and not result.notes
@@ -175,6 +179,7 @@ def test_the_table_matches_the_logs(sweep, tmp_path):
     assert "### Synthetic: seg+depth" in md and "| group_lasso | 0.5 | 2 |" in md
 
 
+@pytest.mark.slow
 def test_figures_and_spy_plots_are_written(sweep, tmp_path):
     result = report(sweep.root, tmp_path / "report", latency_rounds=1)
     written = {p.relative_to(tmp_path / "report").as_posix() for p in result.figures}
@@ -188,6 +193,7 @@ def test_figures_and_spy_plots_are_written(sweep, tmp_path):
     assert all(f"]({p})" in index for p in written)
 
 
+@pytest.mark.slow
 def test_missing_and_partial_logs_are_named_and_left_out_of_the_means(sweep, tmp_path):
     root = tmp_path / "runs"
     shutil.copytree(sweep.root, root)
@@ -220,6 +226,7 @@ def test_missing_and_partial_logs_are_named_and_left_out_of_the_means(sweep, tmp
     assert "## Left out" in index and "`depth_lam0.5_seed1`: no metrics.csv" in index
 
 
+@pytest.mark.slow
 def test_a_failing_run_is_reported_and_the_sweep_goes_on(tmp_path, capsys):
     path = sweep_file(tmp_path, "broken", [["nonsense"], ["seg"]], [0], [0])
     with pytest.raises(SystemExit) as exit_info:
@@ -230,6 +237,7 @@ def test_a_failing_run_is_reported_and_the_sweep_goes_on(tmp_path, capsys):
     assert (tmp_path / "broken" / "seg_lam0_seed0" / "result.json").is_file()
 
 
+@pytest.mark.slow
 def test_wandb_runs_carry_the_sweep_group_and_the_run_fields(tmp_path):
     wandb = ["--run.logger", "wandb", "--run.group", "wb"]
     path = sweep_file(tmp_path, "wb", [["seg", "depth"]], [0.01], [3], wandb)
