@@ -49,13 +49,14 @@ def run_name(fields: Mapping[str, Any]) -> str:
 
 def _dataset(data: Any) -> str:
     """`NYUv2`, `CelebAMaskHQ`, `Synthetic`, … from the data class path (a meta-task module's
-    wrapped datamodule)."""
+    wrapped datamodule); `-synthetic` when the datamodule synthesizes its root."""
     if not isinstance(data, Mapping):
         return type(data).__name__.removesuffix("DataModule")
     init = data.get("init_args") or {}
     if isinstance(init.get("datamodule"), Mapping):
         return _dataset(init["datamodule"])
-    return str(data.get("class_path", "?")).rsplit(".", 1)[-1].removesuffix("DataModule")
+    name = str(data.get("class_path", "?")).rsplit(".", 1)[-1].removesuffix("DataModule")
+    return f"{name}-synthetic" if init.get("synthesize") else name
 
 
 def run_to_completion(

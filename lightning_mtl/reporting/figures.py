@@ -27,6 +27,19 @@ def _series(rows: Sequence[Row]) -> dict[tuple[str, str], list[Row]]:
     return {k: sorted(v, key=lambda r: r.lambda_) for k, v in series.items()}
 
 
+def _panels(count: int, width: float, height: float, **kwargs) -> tuple[Figure, list[Axes]]:
+    """`count` panels, at most four per row; unused grid cells are hidden."""
+    cols = min(count, 4)
+    rows = -(-count // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(width * cols, height * rows), squeeze=False, **kwargs
+    )
+    flat = list(axes.flat)
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat[:count]
+
+
 def _label(tasks: str, penalty: str) -> str:
     return tasks if penalty == "group_lasso" else f"{tasks} ({penalty})"
 
@@ -43,8 +56,8 @@ def metric_vs_lambda(rows: Sequence[Row], title: str = "") -> Figure:
     """Each task's main metric (mean ± std over seeds) against λ, one line per combination
     that has the task."""
     tasks = list(dict.fromkeys(t for r in rows for t in r.runs[0].tasks))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
+    fig, axes = _panels(len(tasks), 4.2, 3.4)
+    for ax, task in zip(axes, tasks, strict=True):
         plotted = []
         for (combo, penalty), series in _series(rows).items():
             if task not in series[0].runs[0].tasks:
@@ -97,8 +110,8 @@ def sparsification_over_epochs(rows: Sequence[Row], title: str = "") -> Figure:
     """% group sparsity per validation epoch (mean over seeds), one panel per combination and
     one line per λ."""
     series = _series(rows)
-    fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.4), squeeze=False)
-    for ax, ((combo, penalty), group) in zip(axes[0], series.items(), strict=True):
+    fig, axes = _panels(len(series), 4.2, 3.2, sharey=True)
+    for ax, ((combo, penalty), group) in zip(axes, series.items(), strict=True):
         for row in group:
             epochs = sorted(set.intersection(*(set(r.epochs) for r in row.runs)))
             values = [
@@ -122,18 +135,10 @@ def layer_profiles(rows: Sequence[Row], title: str = "") -> Figure:
     over seeds at the best epoch; one panel per combination."""
     series = _series(rows)
     layers = list(series and next(iter(series.values()))[0].runs[0].layer_fractions())
-    fig, axes = plt.subplots(
-        1,
-        len(series),
-        figsize=(
-            1.2 + 0.55 * max(len(g) for g in series.values()) * len(series),
-            1 + 0.14 * len(layers),
-        ),
-        squeeze=False,
-        sharey=True,
-    )
+    widest = max(len(g) for g in series.values())
+    fig, axes = _panels(len(series), 1.0 + 0.45 * widest, 1.2 + 0.13 * len(layers), sharey=True)
     image = None
-    for ax, ((combo, penalty), group) in zip(axes[0], series.items(), strict=True):
+    for ax, ((combo, penalty), group) in zip(axes, series.items(), strict=True):
         grid = np.array(
             [
                 [np.mean([r.layer_fractions()[name] for r in row.runs]) for row in group]
@@ -143,15 +148,15 @@ def layer_profiles(rows: Sequence[Row], title: str = "") -> Figure:
         image = ax.imshow(
             grid, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest"
         )
-        ax.set_xticks(
-            range(len(group)), [format_lambda(r.lambda_) for r in group], rotation=60, fontsize=7
-        )
+        ticks = [format_lambda(r.lambda_) for r in group]
+        ax.set_xticks(range(len(group)), ticks, rotation=60, fontsize=7)
+        ax.set_yticks(range(len(layers)), layers, fontsize=6)
         ax.set_xlabel("λ")
         ax.set_title(_label(combo, penalty), fontsize=9)
-    axes[0][0].set_yticks(range(len(layers)), layers, fontsize=6)
-    if image is not None:
-        fig.colorbar(image, ax=list(axes[0]), label="live fraction", fraction=0.03)
     fig.suptitle(title or "live channel groups per layer")
+    fig.tight_layout()
+    if image is not None:
+        fig.colorbar(image, ax=axes, label="live fraction", fraction=0.02)
     return fig
 
 

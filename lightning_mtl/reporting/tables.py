@@ -103,8 +103,8 @@ def table_rows(runs: Iterable[RunLog]) -> tuple[list[Row], list[str]]:
 
 
 def write_tables(rows: Sequence[Row], out: Path) -> tuple[Path, Path]:
-    """`table.csv` (every value, one line per row) and `table.md` (one table per dataset and
-    task combination, rows by penalty and λ)."""
+    """`table.csv` (every metric, one line per row) and `table.md` (one table per dataset and
+    task combination, rows by penalty and λ: see `markdown`)."""
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for row in rows:
@@ -131,11 +131,12 @@ def write_tables(rows: Sequence[Row], out: Path) -> tuple[Path, Path]:
 
 
 def markdown(rows: Sequence[Row]) -> str:
-    """One Markdown table per dataset and task combination."""
+    """One Markdown table per dataset and task combination: each task's main metric (every
+    metric is in the CSV), the sparsity and Δm."""
     lines = []
     for dataset, tasks in dict.fromkeys((r.dataset, r.tasks) for r in rows):
         group = [r for r in rows if (r.dataset, r.tasks) == (dataset, tasks)]
-        keys = list(dict.fromkeys(k for r in group for k in r.metric_keys()))
+        keys = [group[0].main(t)[0] for t in group[0].runs[0].tasks]
         header = ["penalty", "λ", "seeds", *keys, "% group sparsity", "% param sparsity", "Δm %"]
         lines += [f"### {dataset}: {tasks}", "", "| " + " | ".join(header) + " |"]
         lines.append("|---|---:|---:|" + "---:|" * (len(header) - 3))
