@@ -326,9 +326,18 @@ def _report(args: Sequence[str]) -> None:
         "--latency-rounds", type=int, default=0,
         help="> 0: time dense vs compacted models for the latency figure",
     )  # fmt: skip
+    parser.add_argument(
+        "--latency-size", type=int, nargs=2, metavar=("H", "W"),
+        help="input size of the latency timing (default: each run's image size)",
+    )  # fmt: skip
     options = parser.parse_args(args)
     result = report(
-        options.runs, options.out, options.split, not options.no_spy, options.latency_rounds
+        options.runs,
+        options.out,
+        options.split,
+        not options.no_spy,
+        options.latency_rounds,
+        tuple(options.latency_size) if options.latency_size else None,
     )
     print((result.out / "table.md").read_text())
     for name, why in result.left_out.items():

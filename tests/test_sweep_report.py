@@ -191,6 +191,9 @@ def test_figures_and_spy_plots_are_written(sweep, tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     index = (tmp_path / "report" / "report.md").read_text()
     assert all(f"]({p})" in index for p in written)
+    again = report(sweep.root, spy=False)  # into RUNS/report, twice: that folder is no run
+    assert report(sweep.root, spy=False).left_out == again.left_out == {}
+    shutil.rmtree(sweep.root / "report")
 
 
 @pytest.mark.slow

@@ -33,16 +33,20 @@ def report(
     split: str = "test",
     spy: bool = True,
     latency_rounds: int = 0,
+    latency_size: tuple[int, int] | None = None,
 ) -> Report:
     """Tables and figures of the runs under `root`, written to `out` (default `root/report`).
 
     `split`: the metrics of the `test` split (the best checkpoint's) or of the best `val`
     epoch. `spy`: a group spy plot per setting from its first seed's checkpoint.
-    `latency_rounds` > 0: compact each setting's first-seed checkpoint and time it against the
-    dense model (batch 1) for the latency figure.
+    `latency_rounds` > 0: compact each group-lasso setting's first-seed checkpoint and time it
+    against the dense model (batch 1, alternating rounds; input `latency_size` or the run's)
+    for the latency figure.
     """
     out = out or root / "report"
     runs, left_out = read_runs(root, split)
+    if out.resolve().parent == root.resolve():
+        left_out.pop(out.name, None)  # the previous report, not a run
     if not runs:
         raise ValueError(
             f"no complete run under {root}"
@@ -62,7 +66,7 @@ def report(
         for name, plot in plots.items():
             result.figures.append(_save(plot(of_dataset, dataset), out / f"{dataset}_{name}.png"))
         if latency_rounds > 0:
-            points = _latency_points(of_dataset, latency_rounds)
+            points = _latency_points(of_dataset, latency_rounds, latency_size)
             fig = figures.latency_vs_sparsity(points)
             result.figures.append(_save(fig, out / f"{dataset}_latency.png"))
     if spy:
@@ -105,9 +109,10 @@ def _spy_plots(rows: Sequence[Row], out: Path) -> list[Path]:
 
 
 def _latency_points(
-    rows: Sequence[Row], rounds: int
+    rows: Sequence[Row], rounds: int, size: tuple[int, int] | None
 ) -> dict[str, list[tuple[float, float, float]]]:
-    """(group sparsity %, dense ms, compacted ms) per combination, one point per λ."""
+    """(group sparsity %, latency speed-up, MACs reduction) of compacted vs dense, per
+    group-lasso combination, one point per λ (first seed; `size` or the run's input size)."""
     import copy
 
     from lightning_mtl.benchmark_compaction import latency_ms
@@ -115,15 +120,21 @@ def _latency_points(
 
     points: dict[str, list[tuple[float, float, float]]] = {}
     for row in rows:
+        if row.lambda_ is None or row.penalty != "group_lasso":
+            continue
         run, module = _load(row)
-        if module is None or row.lambda_ is None or run.image_size is None:
+        if module is None or (size or run.image_size) is None:
             continue
         dense = module.model.eval()
-        example = torch.rand(1, 3, *run.image_size)
+        example = torch.rand(1, 3, *(size or run.image_size))
         compacted = copy.deepcopy(dense)
-        compact(compacted, example)
+        macs = compact(compacted, example)
         times = latency_ms({"dense": dense, "compacted": compacted}, example, rounds=rounds)
-        point = (run.at_best("sparsity/group_pct"), times["dense"], times["compacted"])
+        point = (
+            run.at_best("sparsity/group_pct"),
+            times["dense"] / times["compacted"],
+            macs.macs_before / macs.macs_after,
+        )
         points.setdefault(row.tasks, []).append(point)
     return points
 
