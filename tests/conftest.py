@@ -89,3 +89,14 @@ def sparse_checkpoint(tmp_path, tiny_data, tiny_module):
     path = tmp_path / "sparse.ckpt"
     trainer.save_checkpoint(path)
     return module, path
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a small, busy CPU more threads make the tiny fits much slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -30,15 +30,10 @@ def _why_no_cpu_bf16_autocast() -> str | None:
 
 
 _NO_BF16 = _why_no_cpu_bf16_autocast()
-pytestmark = pytest.mark.skipif(_NO_BF16 is not None, reason=_NO_BF16 or "")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.skipif(_NO_BF16 is not None, reason=_NO_BF16 or ""),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 class RecordDtypes(L.Callback):

@@ -29,6 +29,7 @@ from lightning_mtl.sparsity import live_groups
 from tests.crash_fit import fit
 
 WORKER = Path(__file__).with_name("crash_fit.py")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +37,6 @@ def nyu_root(tmp_path_factory: pytest.TempPathFactory) -> str:
     """20 train scenes (16 after the validation split: 4 batches of 4) and 2 test scenes."""
     root = tmp_path_factory.mktemp("nyuv2") / "mtan"
     return str(write_synthetic_nyuv2(root, "mtan", 20, 2, (32, 32)))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _worker(*args: object) -> subprocess.Popen:

@@ -26,15 +26,7 @@ TASKS = ("seg", "depth", "sphere")
 TAPS = {"seg": "layer3.0.conv1", "depth": "layer1.0.conv2", "sphere": "layer2.0.conv1"}
 #: the tiny ResNet-50: bottleneck blocks, so a block's output has 4x its conv1's channels
 TINY_R50 = {"backbone": "resnet50", "backbone_options": {"width": 8, "layers": [1, 1, 1, 1]}}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small, busy CPU more threads make the tiny fit much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_net(**overrides) -> DilatedResNet:
