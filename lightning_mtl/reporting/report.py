@@ -12,8 +12,16 @@ import torch
 from matplotlib.figure import Figure
 
 from lightning_mtl.reporting import figures
-from lightning_mtl.reporting.logs import read_runs
+from lightning_mtl.reporting.logs import RunLog, read_runs
 from lightning_mtl.reporting.tables import Row, format_lambda, markdown, table_rows, write_tables
+
+#: the per-dataset figures drawn from the table rows alone, by file-name suffix
+_PLOTS: dict[str, Callable[[Sequence[Row], str], Figure]] = {
+    "metric_vs_lambda": figures.metric_vs_lambda,
+    "sparsity_vs_lambda": figures.sparsity_vs_lambda,
+    "sparsification": figures.sparsification_over_epochs,
+    "layers": figures.layer_profiles,
+}
 
 
 @dataclass
@@ -38,10 +46,10 @@ def report(
     """Tables and figures of the runs under `root`, written to `out` (default `root/report`).
 
     `split`: the metrics of the `test` split (the best checkpoint's) or of the best `val`
-    epoch. `spy`: a group spy plot per setting from its first seed's checkpoint.
-    `latency_rounds` > 0: compact each group-lasso setting's first-seed checkpoint and time it
-    against the dense model (batch 1, alternating rounds; input `latency_size` or the run's)
-    for the latency figure.
+    epoch. `spy`: a group spy plot per setting from its first seed's best checkpoint.
+    `latency_rounds` > 0: compact each group-lasso setting's first-seed model (the same
+    checkpoint, loaded once) and time it against the dense model (batch 1, alternating rounds;
+    input `latency_size` or the run's) for the latency figure.
     """
     out = out or root / "report"
     runs, left_out = read_runs(root, split)
@@ -57,20 +65,23 @@ def report(
     write_tables(rows, out)
     for dataset in dict.fromkeys(r.dataset for r in rows):
         of_dataset = [r for r in rows if r.dataset == dataset]
-        plots: dict[str, Callable[[Sequence[Row], str], Figure]] = {
-            "metric_vs_lambda": figures.metric_vs_lambda,
-            "sparsity_vs_lambda": figures.sparsity_vs_lambda,
-            "sparsification": figures.sparsification_over_epochs,
-            "layers": figures.layer_profiles,
-        }
-        for name, plot in plots.items():
+        for name, plot in _PLOTS.items():
             result.figures.append(_save(plot(of_dataset, dataset), out / f"{dataset}_{name}.png"))
+        points: dict[str, list[tuple[float, float, float]]] = {}
+        for row in of_dataset if spy or latency_rounds > 0 else []:
+            run, module = _load(row)
+            if module is None:
+                continue
+            if spy:
+                result.figures.append(_spy_plot(row, run, module, out / "spy"))
+            size = latency_size or run.image_size
+            timed = row.lambda_ is not None and row.penalty == "group_lasso" and size
+            if latency_rounds > 0 and timed:
+                point = _latency_point(run, module, latency_rounds, size)
+                points.setdefault(row.tasks, []).append(point)
         if latency_rounds > 0:
-            points = _latency_points(of_dataset, latency_rounds, latency_size)
             fig = figures.latency_vs_sparsity(points)
             result.figures.append(_save(fig, out / f"{dataset}_latency.png"))
-    if spy:
-        result.figures += _spy_plots(rows, out / "spy")
     (out / "report.md").write_text(_index(result, root, split))
     return result
 
@@ -92,51 +103,34 @@ def _load(row: Row):
     return run, MultiTaskLightningModule.load_from_checkpoint(run.checkpoint, map_location="cpu")
 
 
-def _spy_plots(rows: Sequence[Row], out: Path) -> list[Path]:
+def _spy_plot(row: Row, run: RunLog, module, out: Path) -> Path:
     from lightning_mtl.plots import spy_plot
 
-    paths = []
-    for row in rows:
-        run, module = _load(row)
-        if module is None:
-            continue
-        title = (
-            f"{row.dataset} {row.tasks} λ={format_lambda(row.lambda_)} seed {run.fields['seed']}"
-        )
-        fig = spy_plot(module.sparse_weights(), module.sparsity.group_by, title=title)
-        paths.append(_save(fig, out / f"{run.folder.name}.png"))
-    return paths
+    title = f"{row.dataset} {row.tasks} λ={format_lambda(row.lambda_)} seed {run.fields['seed']}"
+    fig = spy_plot(module.sparse_weights(), module.sparsity.group_by, title=title)
+    return _save(fig, out / f"{run.folder.name}.png")
 
 
-def _latency_points(
-    rows: Sequence[Row], rounds: int, size: tuple[int, int] | None
-) -> dict[str, list[tuple[float, float, float]]]:
-    """(group sparsity %, latency speed-up, MACs reduction) of compacted vs dense, per
-    group-lasso combination, one point per λ (first seed; `size` or the run's input size)."""
+def _latency_point(
+    run: RunLog, module, rounds: int, size: tuple[int, int]
+) -> tuple[float, float, float]:
+    """(group sparsity %, latency speed-up, MACs reduction) of the compacted against the dense
+    model, batch 1 at `size`, timed in alternating rounds."""
     import copy
 
     from lightning_mtl.benchmark_compaction import latency_ms
     from lightning_mtl.sparsity import compact
 
-    points: dict[str, list[tuple[float, float, float]]] = {}
-    for row in rows:
-        if row.lambda_ is None or row.penalty != "group_lasso":
-            continue
-        run, module = _load(row)
-        if module is None or (size or run.image_size) is None:
-            continue
-        dense = module.model.eval()
-        example = torch.rand(1, 3, *(size or run.image_size))
-        compacted = copy.deepcopy(dense)
-        macs = compact(compacted, example)
-        times = latency_ms({"dense": dense, "compacted": compacted}, example, rounds=rounds)
-        point = (
-            run.at_best("sparsity/group_pct"),
-            times["dense"] / times["compacted"],
-            macs.macs_before / macs.macs_after,
-        )
-        points.setdefault(row.tasks, []).append(point)
-    return points
+    dense = module.model.eval()
+    example = torch.rand(1, 3, *size)
+    compacted = copy.deepcopy(dense)
+    macs = compact(compacted, example)
+    times = latency_ms({"dense": dense, "compacted": compacted}, example, rounds=rounds)
+    return (
+        run.at_best("sparsity/group_pct"),
+        times["dense"] / times["compacted"],
+        macs.macs_before / macs.macs_after,
+    )
 
 
 def _index(result: Report, root: Path, split: str) -> str:
