@@ -1,7 +1,8 @@
 """lightning-mtl: parsimonious multi-task vision models with group-lasso sparsity."""
 
+from lightning_mtl.meta.module import MetaSparsityModule
 from lightning_mtl.models import DilatedResNet, MultiTaskModel
-from lightning_mtl.modules import MetaSparsityModule, MultiTaskLightningModule
+from lightning_mtl.modules import MultiTaskLightningModule
 from lightning_mtl.sparsity import ProxAdamW, SparsityStats, sparsity_stats
 from lightning_mtl.tasks import TargetSpec, Task, build_task, register_task
 

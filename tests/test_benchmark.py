@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from lightning_mtl.benchmark import PARTS, expected_meta_ratio, main, parse_meta_config
+from lightning_mtl.benchmarks.main import PARTS, expected_meta_ratio, main, parse_meta_config
 
 
 def test_bench_reports_the_prox_cost_the_data_pipeline_and_compaction(capsys, tmp_path):

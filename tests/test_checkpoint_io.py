@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lightning_mtl.checkpoint_io import AtomicCheckpointIO, CheckpointError
-from lightning_mtl.cli import build_cli
+from lightning_mtl.pipelines.fit import build_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import yaml
 
 from datamodules.celebamask import write_synthetic_celebamask
 from datamodules.nyuv2 import write_synthetic_nyuv2
-from lightning_mtl.cli import main
+from lightning_mtl.cli.main import main
 from tests.wandb_records import history_keys
 
 ROOT = Path(__file__).resolve().parents[1]

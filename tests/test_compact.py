@@ -10,13 +10,13 @@ import copy
 
 import pytest
 import torch
-from torch import Tensor, nn
-
-from lightning_mtl.benchmark_compaction import (
+from lightning_mtl.benchmarks.compaction import (
     benchmark_compaction,
     latency_plot,
     zero_random_groups,
 )
+from torch import Tensor, nn
+
 from lightning_mtl.models import ClassificationHead, DeepLabV3Head, DilatedResNet, MultiTaskModel
 from lightning_mtl.sparsity import live_groups
 from lightning_mtl.sparsity.compact import (

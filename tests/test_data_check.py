@@ -6,7 +6,7 @@ import pytest
 
 from datamodules.celebamask import write_synthetic_celebamask
 from datamodules.nyuv2 import write_synthetic_nyuv2
-from lightning_mtl.cli import main
+from lightning_mtl.cli.main import main
 
 
 def _check(capsys, *args: str) -> tuple[int, str]:

@@ -10,13 +10,8 @@ import torch
 from torch import nn
 
 from lightning_mtl import MultiTaskLightningModule
-from lightning_mtl.models import (
-    DilatedResNet,
-    LayerOptimizedModel,
-    TruncatedBackbone,
-    build_backbone,
-    build_head,
-)
+from lightning_mtl.lomt import LayerOptimizedModel, TruncatedBackbone
+from lightning_mtl.models import DilatedResNet, build_backbone, build_head
 from lightning_mtl.sparsity.compact import compact, load_compacted, macs_and_params, save_compacted
 
 from .conftest import TINY_MODEL

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_mtl.cli import main
+from lightning_mtl.cli.main import main
 from lightning_mtl.lomt import TaskProfile
 from lightning_mtl.reporting import delta_m
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lightning_mtl.pipelines.sweep import grid, load_sweep, run_sweep
 
-from lightning_mtl.cli import main
-from lightning_mtl.reporting import report
-from lightning_mtl.sweep import grid, load_sweep, run_sweep
+from lightning_mtl.cli.main import main
+from lightning_mtl.pipelines.report import report
 from tests.conftest import TINY_DATA, TINY_MODEL
 from tests.wandb_records import run_config
 

@@ -20,12 +20,13 @@ import matplotlib.pyplot as plt
 import torch
 import yaml
 
-from lightning_mtl.benchmark_compaction import latency_ms
-from lightning_mtl.cli import LightningMTLCLI, build_cli
+from lightning_mtl.benchmarks.compaction import latency_ms
 from lightning_mtl.lomt.selection import TaskProfile, profile_plot, select_taps
 from lightning_mtl.modules import MultiTaskLightningModule
+from lightning_mtl.pipelines.fit import LightningMTLCLI, build_cli
+from lightning_mtl.pipelines.run import run_to_completion
 from lightning_mtl.reporting.tables import delta_m
-from lightning_mtl.runs import read_result, run_to_completion
+from lightning_mtl.runs import read_result
 from lightning_mtl.sparsity import macs_and_params, sparsity_stats
 
 STAGES: tuple[str, ...] = ("stage1", "select", "stage2")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -19,7 +20,9 @@ from torchvision.models import (
 from torchvision.models._api import WeightsEnum
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1, conv3x3
 
-__all__ = ["BACKBONES", "DilatedResNet", "build_backbone"]
+from lightning_mtl.registry import Registry
+
+__all__ = ["BACKBONES", "DilatedResNet", "build_backbone", "list_backbones"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -231,11 +234,19 @@ def _listing(keys: Iterable[str], limit: int = 10) -> str:
     return shown if len(keys) <= limit else f"{shown}, … ({len(keys)} in all)"
 
 
-BACKBONES: dict[str, int] = {f"resnet{depth}": depth for depth in _ARCHS}
+#: backbones by name; an entry builds the backbone from keyword options. A backbone exposes
+#: `out_channels` and `conv_layers()` (its convs, named and in forward order).
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
+for _depth in _ARCHS:
+    BACKBONES.register(f"resnet{_depth}", partial(DilatedResNet, _depth))
 
 
-def build_backbone(name: str, **kwargs: Any) -> DilatedResNet:
-    """A `DilatedResNet` by name (`resnet18|34|50|101`); `kwargs` go to its constructor."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {list(BACKBONES)}")
-    return DilatedResNet(depth=BACKBONES[name], **kwargs)
+def list_backbones() -> list[str]:
+    """The registered backbones."""
+    return BACKBONES.names()
+
+
+def build_backbone(name: str, **kwargs: Any) -> nn.Module:
+    """A backbone by registered name (`resnet18|34|50|101`: a `DilatedResNet`); `kwargs` go to
+    its constructor."""
+    return BACKBONES.get(name)(**kwargs)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-__all__ = ["HEADS", "ClassificationHead", "DeepLabV3Head", "build_head"]
+from lightning_mtl.registry import Registry
+
+__all__ = ["HEADS", "ClassificationHead", "DeepLabV3Head", "build_head", "list_heads"]
 
 
 class DeepLabV3Head(nn.Sequential):
@@ -64,14 +66,28 @@ class ClassificationHead(nn.Module):
         return logits.squeeze(1) if self.squeeze_logit else logits
 
 
-HEADS = ("dense", "classification")
+#: head kinds by name (a task's `head` names one); an entry builds
+#: `head(in_channels, out_channels, channels)`
+HEADS: Registry[Callable[[int, int, int], nn.Module]] = Registry("head kind")
+
+
+@HEADS.register("dense")
+def dense_head(in_channels: int, out_channels: int, channels: int = 256) -> nn.Module:
+    """`DeepLabV3Head`, `channels` wide."""
+    return DeepLabV3Head(in_channels, out_channels, channels=channels)
+
+
+@HEADS.register("classification")
+def classification_head(in_channels: int, out_channels: int, channels: int = 256) -> nn.Module:
+    """`ClassificationHead` (its width is fixed; `channels` is the dense heads')."""
+    return ClassificationHead(in_channels, out_channels)
+
+
+def list_heads() -> list[str]:
+    """The registered head kinds."""
+    return HEADS.names()
 
 
 def build_head(kind: str, in_channels: int, out_channels: int, channels: int = 256) -> nn.Module:
-    """The head for a task kind: `dense` → `DeepLabV3Head` (`channels` wide), `classification`
-    → `ClassificationHead`."""
-    if kind == "dense":
-        return DeepLabV3Head(in_channels, out_channels, channels=channels)
-    if kind == "classification":
-        return ClassificationHead(in_channels, out_channels)
-    raise ValueError(f"unknown head kind {kind!r}; choose one of {list(HEADS)}")
+    """The head registered for a task's head kind (`dense`, `classification`, …)."""
+    return HEADS.get(kind)(in_channels, out_channels, channels)

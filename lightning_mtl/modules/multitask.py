@@ -13,15 +13,9 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from lightning_mtl.lomt.model import TAP_OUTPUTS
 from lightning_mtl.metrics import BatchWeightedMean
-from lightning_mtl.models import (
-    TAP_OUTPUTS,
-    LayerOptimizedModel,
-    MultiTaskModel,
-    TruncatedBackbone,
-    build_backbone,
-    build_head,
-)
+from lightning_mtl.models.builder import build_multitask_model
 from lightning_mtl.modules.finite import check_finite_grads, check_finite_losses
 from lightning_mtl.sparsity import ProxAdamW, conv_weights
 from lightning_mtl.sparsity.groups import GROUP_BY, NamedWeights
@@ -109,31 +103,18 @@ class MultiTaskLightningModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         _check_sparsity_options(lambda_, prox, penalty, group_by, prox_start_epoch, param_groups)
         self.tasks: dict[str, Task] = _resolve_tasks(tasks, targets or {})
-        net = build_backbone(backbone, **(backbone_options or {}))
         if tap_output not in TAP_OUTPUTS:
             raise ValueError(
                 f"unknown tap_output {tap_output!r}; choose one of {list(TAP_OUTPUTS)}"
             )
-        if taps is None:
-            heads = {
-                key: build_head(task.head, net.out_channels, task.out_channels, head_channels)
-                for key, task in self.tasks.items()
-            }
-            self.model = MultiTaskModel(net, heads)
-        else:
-            _check_taps(taps, list(self.tasks))
-            task_taps = {key: taps[key] for key in self.tasks}
-            truncated = TruncatedBackbone(net, list(task_taps.values()), tap_output)
-            heads = {
-                key: build_head(
-                    task.head,
-                    truncated.out_channels[task_taps[key]],
-                    task.out_channels,
-                    head_channels,
-                )
-                for key, task in self.tasks.items()
-            }
-            self.model = LayerOptimizedModel(truncated, heads, task_taps)
+        self.model = build_multitask_model(
+            self.tasks,
+            backbone=backbone,
+            backbone_options=backbone_options,
+            head_channels=head_channels,
+            taps=taps,
+            tap_output=tap_output,
+        )
         self.weighting = build_weighting(weighting, list(self.tasks))
         self.sparse_names = [name for name, _ in conv_weights(self.model, sparse_layers)]
         _check_layer_lambdas(layer_lambdas, self.sparse_names)
@@ -397,18 +378,6 @@ def _resolve_tasks(tasks: Sequence[str | Task], targets: Mapping[str, TargetSpec
             raise ValueError(f"task {task.key!r} is listed twice")
         resolved[task.key] = task
     return resolved
-
-
-def _check_taps(taps: Mapping[str, str], tasks: list[str]) -> None:
-    missing = [k for k in tasks if k not in taps]
-    if missing:
-        raise ValueError(
-            f"taps must name a conv for every task; tasks without a tap: {missing}; "
-            f"taps given for: {list(taps)}"
-        )
-    unknown = [k for k in taps if k not in tasks]
-    if unknown:
-        raise ValueError(f"taps names tasks that are not trained {unknown}; the tasks are {tasks}")
 
 
 def _check_layer_lambdas(layer_lambdas: Mapping[str, float] | None, names: list[str]) -> None:

@@ -4,29 +4,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import ClassVar, Literal, TypeVar
 
 import torch
 from torch import Tensor
 from torchmetrics import MetricCollection
 
+from lightning_mtl.registry import Registry
+from lightning_mtl.targets import TargetSpec
+
 HeadKind = Literal["dense", "classification"]
-
-
-@dataclass(frozen=True)
-class TargetSpec:
-    """What a datamodule provides under one batch key.
-
-    `kind` names the built-in task kind that reads it (`seg`, `depth`, `normal`, `edge`,
-    `binary`); `num_classes` is set for `seg`.
-    """
-
-    kind: str
-    num_classes: int | None = None
-
-
-torch.serialization.add_safe_globals([TargetSpec])  # stored in checkpoints' hyperparameters
 
 
 class Task(ABC):
@@ -111,8 +98,14 @@ def _to_rgb(x: Tensor) -> Tensor:
     return x.expand(3, *x.shape[1:]) if x.shape[0] == 1 else x
 
 
-TASK_REGISTRY: dict[str, type[Task]] = {}
+#: task kinds by name: the built-in `seg`, `depth`, `normal`, `edge`, `binary` and user tasks
+TASK_REGISTRY: Registry[type[Task]] = Registry("task kind")
 _TaskT = TypeVar("_TaskT", bound=type[Task])
+
+
+def list_tasks() -> list[str]:
+    """The registered task kinds."""
+    return TASK_REGISTRY.names()
 
 
 def register_task(kind: str) -> Callable[[_TaskT], _TaskT]:
@@ -125,11 +118,7 @@ def register_task(kind: str) -> Callable[[_TaskT], _TaskT]:
                 f"{cls.__name__}.main_metric ({main!r}) must be one of its higher_is_better keys "
                 f"{sorted(cls.higher_is_better)}"
             )
-        if kind in TASK_REGISTRY and TASK_REGISTRY[kind] is not cls:
-            raise ValueError(
-                f"task kind {kind!r} is already registered to {TASK_REGISTRY[kind].__name__}"
-            )
-        TASK_REGISTRY[kind] = cls
+        TASK_REGISTRY.register(kind, cls)
         # checkpoints keep the module's tasks in their hyperparameters: let them load with
         # torch.load(weights_only=True), the default when Lightning resumes a run
         torch.serialization.add_safe_globals([cls])
@@ -145,20 +134,20 @@ def build_task(key: str, targets: Mapping[str, TargetSpec]) -> Task:
     name decides the kind (`seg` → segmentation, `male` → binary classification, …).
     """
     if key in TASK_REGISTRY:
-        cls = TASK_REGISTRY[key]
+        cls = TASK_REGISTRY.get(key)
         spec = targets.get(key, TargetSpec(kind=key))
     elif key in targets:
         spec = targets[key]
         if spec.kind not in TASK_REGISTRY:
             raise ValueError(
                 f"datamodule target {key!r} has kind {spec.kind!r}, which no task handles; "
-                f"registered kinds: {sorted(TASK_REGISTRY)}"
+                f"registered kinds: {TASK_REGISTRY.names()}"
             )
-        cls = TASK_REGISTRY[spec.kind]
+        cls = TASK_REGISTRY.get(spec.kind)
     else:
         raise ValueError(
             f"unknown task {key!r}: the datamodule provides {sorted(targets)} and the registered "
-            f"task kinds are {sorted(TASK_REGISTRY)}"
+            f"task kinds are {TASK_REGISTRY.names()}"
         )
     task = cls.from_target(key, spec)
     if task.target_key not in targets:

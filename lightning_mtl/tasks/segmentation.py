@@ -11,10 +11,8 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from lightning_mtl.metrics import PerImageMicroIoU
-from lightning_mtl.tasks.base import TargetSpec, Task, loss_precision, masked_mean, register_task
-
-#: label value of unlabelled pixels in every datamodule's `seg` target
-IGNORE_INDEX = 255
+from lightning_mtl.targets import IGNORE_INDEX, TargetSpec
+from lightning_mtl.tasks.base import Task, loss_precision, masked_mean, register_task
 
 
 def label_palette(num_classes: int) -> Tensor:

@@ -13,10 +13,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from lightning_mtl.meta.inner_loop import INNER_SPARSITY, adapt, group_lasso
 from lightning_mtl.modules.finite import check_finite_losses
 from lightning_mtl.modules.multitask import MultiTaskLightningModule
 from lightning_mtl.sparsity import ProxAdamW, live_groups
-from lightning_mtl.sparsity.meta import INNER_SPARSITY, adapt, group_lasso
 from lightning_mtl.tasks import TargetSpec, Task
 
 #: One meta-task of a meta-batch: its task keys and a support and a query batch.

@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.benchmark import Timer
 
-from lightning_mtl.benchmark_compaction import (
+from lightning_mtl.benchmarks.compaction import (
     benchmark_compaction,
     latency_plot,
     measure_compaction,
@@ -295,7 +295,8 @@ def meta_step_cost(args: argparse.Namespace, device: torch.device) -> dict:
     `meta_warmup` untimed steps, then `meta_rounds` timed; the MTL step is timed before and
     after the outer steps so that drifting machine load hits both.
     """
-    from lightning_mtl.modules import MetaSparsityModule, MultiTaskLightningModule
+    from lightning_mtl.meta.module import MetaSparsityModule
+    from lightning_mtl.modules import MultiTaskLightningModule
     from lightning_mtl.tasks import TargetSpec
 
     targets = {

@@ -100,7 +100,7 @@ def grid(sweep: Sweep) -> Iterator[list[str]]:
 def run_sweep(sweep: Sweep) -> list[str]:
     """Take every run of the grid to completion, one after another; a run that fails is
     reported and the sweep goes on. Returns the failed runs' arguments (empty: all complete)."""
-    from lightning_mtl.runs import run_to_completion
+    from lightning_mtl.pipelines.run import run_to_completion
 
     failed = []
     for i, args in enumerate(grid(sweep), 1):

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from lightning_mtl.modules import MetaSparsityModule
+from lightning_mtl.meta.module import MetaSparsityModule
 from lightning_mtl.sparsity import ProxAdamW, sparsity_stats
 from lightning_mtl.tasks import TargetSpec, build_task
 

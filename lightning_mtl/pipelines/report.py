@@ -118,7 +118,7 @@ def _latency_point(
     model, batch 1 at `size`, timed in alternating rounds."""
     import copy
 
-    from lightning_mtl.benchmark_compaction import latency_ms
+    from lightning_mtl.benchmarks.compaction import latency_ms
     from lightning_mtl.sparsity import compact
 
     dense = module.model.eval()

@@ -1,0 +1,1 @@
+"""Benchmarks (`lightning-mtl bench`): prox, data, compaction and meta-step cost."""

@@ -1,0 +1,1 @@
+"""The `lightning-mtl` command (`lightning_mtl.cli.main:main`); nothing imports it."""
