@@ -55,6 +55,7 @@ sweep: $(STAMP)
 	$(BIN)/lightning-mtl sweep $(GRID) $(ARGS)
 
 # tables (Markdown, CSV) and figures (PNG) of a folder of runs: RUNS/report/
+# (options: `lightning-mtl report --help`, e.g. ARGS="--latency_rounds 5 --latency_size '[256, 256]'")
 report: $(STAMP)
 	$(BIN)/lightning-mtl report $(RUNS) $(ARGS)
 

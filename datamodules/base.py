@@ -1,17 +1,9 @@
 """What every file-backed datamodule shares: the sample layout, the dataset, the loaders.
 
 A *reader* turns one sample record (file paths, an id, …) into numpy arrays in the
-**array layout**, which is what the joint transforms take:
-
-- `image` float32 [H,W,3] in [0,1];
-- `seg` int64 [H,W], 255 = ignore;
-- `depth` float32 [H,W] metres, 0 = invalid;
-- `normal` float32 [H,W,3] unit vectors, all-zero = invalid;
-- `edge` float32 [H,W] in {0,1};
-- each binary label a float32 scalar in {0,1}.
-
-`to_batch` turns that into the batch layout (channels first, torch tensors) that every
-datamodule returns.
+**array layout** of their target kinds (`lightning_mtl.targets`), which is what the joint
+transforms take; `to_batch` turns them into the batch layout (channels first, torch tensors)
+that every datamodule returns.
 """
 
 from __future__ import annotations
@@ -26,34 +18,23 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_mtl.targets import TargetKind, TargetSpec, sample_kinds
+
 from .sampling import ResumableSampler, ResumableTrainLoader
 
 Arrays = dict[str, Any]
 Reader = Callable[[Any], Arrays]
 Transform = Callable[[Arrays], Arrays]
 
-#: keys whose arrays are [H,W,C] in the array layout and [C,H,W] in a batch
-_CHANNELS_LAST = ("image", "normal")
-#: keys whose arrays are [H,W] in the array layout and [1,H,W] in a batch
-_ADD_CHANNEL = ("depth", "edge")
 
-
-def to_batch(arrays: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Tensor]:
-    """One sample in the batch layout: `image` plus `keys`, channels first."""
-    out: dict[str, Tensor] = {}
-    for key in ("image", *keys):
-        value = np.asarray(arrays[key])
-        if key in _CHANNELS_LAST:
-            value = value.transpose(2, 0, 1)
-        elif key in _ADD_CHANNEL:
-            value = value[None]
-        dtype = np.int64 if key == "seg" else np.float32
-        out[key] = torch.from_numpy(np.array(value, dtype=dtype, order="C"))  # 0-d stays 0-d
-    return out
+def to_batch(arrays: Mapping[str, Any], kinds: Mapping[str, TargetKind]) -> dict[str, Tensor]:
+    """One sample in the batch layout: the arrays of the keys of `kinds`, each by its kind."""
+    return {key: kind.to_batch(arrays[key]) for key, kind in kinds.items()}
 
 
 class MultiTaskDataset(Dataset):
-    """Samples read by `reader` from `records`, optionally transformed, in the batch layout.
+    """Samples read by `reader` from `records`, optionally transformed, in the batch layout:
+    `image` plus the keys of `targets` (the requested ones).
 
     An item is an index or an `(index, seed)` pair (what a `ResumableSampler` with
     `sample_seeds` yields): the seed then reseeds a transform that has `set_random_seed` (as
@@ -64,12 +45,12 @@ class MultiTaskDataset(Dataset):
         self,
         records: Sequence[Any],
         reader: Reader,
-        keys: Sequence[str],
+        targets: Mapping[str, TargetSpec],
         transform: Transform | None = None,
     ) -> None:
         self.records = list(records)
         self.reader = reader
-        self.keys = tuple(keys)
+        self.kinds = sample_kinds(targets)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -82,7 +63,7 @@ class MultiTaskDataset(Dataset):
             if seed is not None and hasattr(self.transform, "set_random_seed"):
                 self.transform.set_random_seed(seed)
             arrays = self.transform(arrays)
-        return to_batch(arrays, self.keys)
+        return to_batch(arrays, self.kinds)
 
 
 def image_size_of(image_size: Sequence[int]) -> tuple[int, int]:

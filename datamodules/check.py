@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
+from typing import Literal
 
+from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 
 
-def _check(data: str, root: str, format: str) -> list[str]:
+def check(data: Literal["nyuv2", "celebamask"], root: str, format: str = "auto") -> list[str]:
+    """Scan every sample of every split of a dataset root; return its problems.
+
+    Args:
+        data: the dataset.
+        root: the dataset root folder.
+        format: nyuv2 only: auto, mtan, nyud_mt or png.
+    """
     if data == "nyuv2":
         from datamodules.nyuv2 import check_nyuv2
 
@@ -18,25 +26,28 @@ def _check(data: str, root: str, format: str) -> list[str]:
     return check_celebamask(root)
 
 
+def parser(prog: str = "lightning-mtl data") -> ArgumentParser:
+    """The `data` command line: subcommand `check` with the options of `check`."""
+    parser = ArgumentParser(prog=prog, description="Check a dataset root before training on it.")
+    commands = parser.add_subcommands(dest="command")
+    check_parser = ArgumentParser(description=check.__doc__.splitlines()[0])
+    check_parser.add_argument(
+        "--config", action=ActionConfigFile, help="a YAML of these options (--print_config)"
+    )
+    check_parser.add_function_arguments(check, as_group=False)
+    commands.add_subcommand("check", check_parser, help="scan every sample of every split")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status 0 when the root is fine, 1 when problems were found (each one printed)."""
-    parser = argparse.ArgumentParser(
-        prog="lightning-mtl data", description="Check a dataset root before training on it."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="scan every sample of every split")
-    check.add_argument("--data", required=True, choices=["nyuv2", "celebamask"])
-    check.add_argument("--root", required=True)
-    check.add_argument(
-        "--format", default="auto", help="nyuv2 only: auto, mtan, nyud_mt or png (default auto)"
-    )
-    args = parser.parse_args(argv)
-    problems = _check(args.data, args.root, args.format)
+    options = parser().parse_args(argv).check
+    problems = check(options.data, options.root, options.format)
     console = Console()
     for problem in problems:
         console.print(f"[red]problem:[/red] {problem}", soft_wrap=True, highlight=False)
     if problems:
-        console.print(f"{len(problems)} problem(s) in {args.root}", soft_wrap=True)
+        console.print(f"{len(problems)} problem(s) in {options.root}", soft_wrap=True)
         return 1
-    console.print(f"{args.root}: no problems found ({args.data})", soft_wrap=True)
+    console.print(f"{options.root}: no problems found ({options.data})", soft_wrap=True)
     return 0

@@ -1,19 +1,19 @@
-"""Joint augmentation of an image and its dense targets, in the array layout of `base`.
+"""Joint augmentation of an image and its dense targets, in the array layout of their kinds.
 
-Albumentations resamples the image and every dense target with one set of random
-parameters (targets with pixel-centre nearest interpolation, `INTER_NEAREST_EXACT`, so
-labels stay labels, an invalid 0 never mixes into valid depth or normals, and targets stay
-aligned with the image; OpenCV's plain `INTER_NEAREST` is shifted by up to a source pixel).
-What a geometric op means for a target's *values* is then applied from the parameters
-albumentations recorded: zooming in by s divides depth by s (objects look s times closer,
-the MTAN/Eigen convention), and a horizontal flip negates the normal x component and swaps
+Albumentations resamples the image and every target whose kind (`lightning_mtl.targets`) is
+resampled with one set of random parameters ("nearest" kinds with pixel-centre nearest
+interpolation, `INTER_NEAREST_EXACT`, so labels stay labels, an invalid 0 never mixes into
+valid depth or normals, and targets stay aligned with the image; OpenCV's plain
+`INTER_NEAREST` is shifted by up to a source pixel). What a geometric op means for a target's
+*values* is then applied from the parameters albumentations recorded, by the kind's rules:
+zooming in by s divides depth by s, a horizontal flip negates the normal x component and swaps
 left/right labels.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 # albumentations asks PyPI for a newer version at import; a training job should not phone home
@@ -24,11 +24,12 @@ import cv2
 import numpy as np
 from torch.utils.data import get_worker_info
 
+from lightning_mtl.targets import IGNORE_INDEX, TARGET_KINDS, TargetKind, TargetSpec, sample_kinds
+
 from .base import Arrays
 
-#: keys resampled jointly with the image (as albumentations masks)
-DENSE_KEYS = ("seg", "depth", "normal", "edge")
-IGNORE_INDEX = 255
+#: the albumentations target type of each resampling
+_ALBUMENTATIONS_TARGETS = {"image": "image", "nearest": "mask"}
 #: moderate photometric jitter, applied to the image only
 COLOR_JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.05}
 
@@ -39,6 +40,8 @@ class JointTransform:
     `image_size` is (H, W). In training the image is resized to `image_size`, scaled up by a
     zoom s drawn from `scale_range` and randomly cropped back to `image_size`; depth is then
     divided by s. `flip_label_map[c]` is the label of class c after a horizontal flip.
+    `targets` gives the kind of each batch key (None: keys named after a kind are of that
+    kind); keys of kinds that are not resampled, and keys of no kind, pass through unchanged.
     `seed` makes the sampling reproducible; inside a DataLoader worker the generator is
     reseeded from the worker's torch seed (albumentations 2.0 does not, so every worker would
     otherwise draw the same augmentations) unless `set_random_seed` is called per sample, as
@@ -54,8 +57,18 @@ class JointTransform:
         color_jitter: bool = True,
         flip_label_map: Sequence[int] | None = None,
         seed: int | None = None,
+        targets: Mapping[str, TargetSpec] | None = None,
     ) -> None:
         height, width = _check_image_size(image_size)
+        self.kinds: dict[str, TargetKind] = (
+            dict(TARGET_KINDS) if targets is None else sample_kinds(targets)
+        )
+        #: the keys resampled with the image, as albumentations target types
+        self.resampled = {
+            key: _ALBUMENTATIONS_TARGETS[kind.resampling]
+            for key, kind in self.kinds.items()
+            if key != "image" and kind.resampling is not None
+        }
         low, high = _check_scale_range(scale_range)
         self.flip_lut = None if flip_label_map is None else _flip_lut(flip_label_map)
         ops: list[Any] = [
@@ -72,7 +85,7 @@ class JointTransform:
                 ops.append(A.ColorJitter(**COLOR_JITTER, p=1.0))
         self.compose = A.Compose(
             ops,
-            additional_targets=dict.fromkeys(DENSE_KEYS, "mask"),
+            additional_targets=self.resampled,
             mask_interpolation=cv2.INTER_NEAREST_EXACT,
             save_applied_params=True,
             seed=seed,
@@ -81,27 +94,26 @@ class JointTransform:
 
     def __call__(self, arrays: Arrays) -> Arrays:
         self._reseed_in_worker()
-        dense = {key: arrays[key] for key in DENSE_KEYS if key in arrays}
-        out = self.compose(image=arrays["image"], **dense)
+        present = {key: arrays[key] for key in self.resampled if key in arrays}
+        out = self.compose(image=arrays["image"], **present)
         applied = dict(out.pop("applied_transforms"))
         zoom = applied["RandomScale"]["scale"] if "RandomScale" in applied else 1.0
         flipped = "HorizontalFlip" in applied
-
         result = dict(arrays)
-        result["image"] = out["image"].astype(np.float32, copy=False)
-        if "seg" in out:
-            seg = out["seg"].astype(np.int64)
-            result["seg"] = self.flip_lut[seg] if flipped and self.flip_lut is not None else seg
-        if "depth" in out:
-            result["depth"] = (out["depth"] / np.float32(zoom)).astype(np.float32, copy=False)
-        if "normal" in out:
-            normal = out["normal"].astype(np.float32)
-            if flipped:
-                normal[..., 0] *= -1.0
-            result["normal"] = _unit(normal)
-        if "edge" in out:
-            result["edge"] = out["edge"].astype(np.float32, copy=False)
+        for key in ("image", *present):
+            result[key] = self._values(self.kinds[key], out[key], zoom, flipped)
         return result
+
+    def _values(
+        self, kind: TargetKind, value: np.ndarray, zoom: float, flipped: bool
+    ) -> np.ndarray:
+        """Resampled `value` with its kind's rules applied: zoom, dtype, flip, constraint."""
+        if kind.on_zoom is not None:
+            value = kind.on_zoom(value, zoom)
+        value = value.astype(kind.dtype, copy=False)
+        if flipped and kind.on_hflip is not None:
+            value = kind.on_hflip(value, self.flip_lut)
+        return value if kind.on_resample is None else kind.on_resample(value)
 
     def set_random_seed(self, seed: int) -> None:
         """Draw the next augmentation from `seed` (instead of the per-worker stream)."""
@@ -115,12 +127,6 @@ class JointTransform:
         if info is not None and info.seed != self._worker_seed:
             self._worker_seed = info.seed
             self.compose.set_random_seed(info.seed)
-
-
-def _unit(normal: np.ndarray) -> np.ndarray:
-    """Normals rescaled to unit length; all-zero (invalid) ones stay all-zero."""
-    norm = np.linalg.norm(normal, axis=-1, keepdims=True)
-    return np.divide(normal, norm, out=np.zeros_like(normal), where=norm > 0)
 
 
 def _check_image_size(image_size: Sequence[int]) -> tuple[int, int]:

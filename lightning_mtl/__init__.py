@@ -2,21 +2,45 @@
 
 from lightning_mtl.meta.module import MetaSparsityModule
 from lightning_mtl.models import DilatedResNet, MultiTaskModel
+from lightning_mtl.models.backbone import list_backbones
+from lightning_mtl.models.builder import build_multitask_model
+from lightning_mtl.models.heads import list_heads
 from lightning_mtl.modules import MultiTaskLightningModule
-from lightning_mtl.sparsity import ProxAdamW, SparsityStats, sparsity_stats
-from lightning_mtl.tasks import TargetSpec, Task, build_task, register_task
+from lightning_mtl.registry import Registry
+from lightning_mtl.sparsity import (
+    GroupSparsity,
+    ProxAdamW,
+    SparsityStats,
+    list_prox_operators,
+    register_prox_operator,
+    sparsity_stats,
+)
+from lightning_mtl.targets import IGNORE_INDEX, TargetSpec
+from lightning_mtl.tasks import Task, build_task, list_tasks, register_task
+from lightning_mtl.weighting import list_weightings, register_weighting
 
 __all__ = [
+    "IGNORE_INDEX",
     "DilatedResNet",
+    "GroupSparsity",
     "MetaSparsityModule",
     "MultiTaskLightningModule",
     "MultiTaskModel",
     "ProxAdamW",
+    "Registry",
     "SparsityStats",
     "TargetSpec",
     "Task",
+    "build_multitask_model",
     "build_task",
+    "list_backbones",
+    "list_heads",
+    "list_prox_operators",
+    "list_tasks",
+    "list_weightings",
+    "register_prox_operator",
     "register_task",
+    "register_weighting",
     "sparsity_stats",
 ]
 __version__ = "0.1.0"

@@ -45,7 +45,13 @@ LAYERS: dict[str, int] = {
     "lightning_mtl.benchmarks": 3,
     "lightning_mtl.cli": 4,
 }
-LAYER_NAMES = ("contract", "library (no Lightning)", "Lightning pieces and data", "pipelines", "CLI")
+LAYER_NAMES = (
+    "contract",
+    "library (no Lightning)",
+    "Lightning pieces and data",
+    "pipelines",
+    "CLI",
+)
 #: what the datamodules may import of the library: the batch contract and the registry
 DATAMODULE_IMPORTS = ("lightning_mtl.targets", "lightning_mtl.registry")
 

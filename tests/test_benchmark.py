@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+import torch
+import yaml
+
 from lightning_mtl.benchmarks.main import PARTS, expected_meta_ratio, main, parse_meta_config
+from lightning_mtl.benchmarks.timing import interleaved_ms, latency_ms
 
 
 def test_bench_reports_the_prox_cost_the_data_pipeline_and_compaction(capsys, tmp_path):
-    tiny = ["--backbone", "resnet18", "--image-size", "32", "--head-channels", "8"]
-    data = ["--data-size", "32", "48", "--data-workers", "0", "--data-images", "16"]
+    tiny = ["--backbone", "resnet18", "--image_size", "32", "--head_channels", "8"]
+    data = ["--data_size", "[32, 48]", "--data_workers", "0", "--data_images", "16"]
     plot = tmp_path / "latency.png"
     parts = ["--parts", "prox,data,compaction"]  # meta: its own test
-    timing = ["--rounds", "1", "--min-run-time", "0.05"]
+    timing = ["--rounds", "1", "--min_run_time", "0.05"]
     result = main([*parts, *tiny, *data, "--plot", str(plot), *timing])
     opt, step = result["optimizer_step"], result["training_step"]
     assert opt["convs"] == 20
@@ -38,9 +44,9 @@ def test_compaction_bench_measures_a_trained_checkpoint(tmp_path, sparse_checkpo
     from lightning_mtl import sparsity_stats
 
     module, ckpt = sparse_checkpoint
-    args = ["--parts", "compaction", "--backbone", "resnet18", "--image-size", "32"]
+    args = ["--parts", "compaction", "--backbone", "resnet18", "--image_size", "32"]
     args += ["--checkpoint", str(ckpt), "--plot", str(tmp_path / "p.png"), "--rounds", "1"]
-    rows = main([*args, "--min-run-time", "0.05"])["compaction"]
+    rows = main([*args, "--min_run_time", "0.05"])["compaction"]
     trained = [r for r in rows if r.get("profile") == "trained"]
     assert [r["batch_size"] for r in trained] == [1, 8]
     expected = sparsity_stats(module.model.backbone).group_pct / 100
@@ -49,17 +55,17 @@ def test_compaction_bench_measures_a_trained_checkpoint(tmp_path, sparse_checkpo
 
 
 TINY_META = [
-    "--meta-backbone",
+    "--meta_backbone",
     "resnet18",
-    "--meta-width",
+    "--meta_width",
     "8",
-    "--meta-head-channels",
+    "--meta_head_channels",
     "8",
-    "--meta-image-size",
+    "--meta_image_size",
     "16",
-    "--meta-warmup",
+    "--meta_warmup",
     "0",
-    "--meta-rounds",
+    "--meta_rounds",
     "1",
 ]
 
@@ -67,7 +73,9 @@ TINY_META = [
 def test_meta_bench_times_outer_steps_against_the_mtl_step(capsys):
     assert "meta" in PARTS  # in the default parts: `make bench` runs it
     configs = ["2x1", "1x2fo"]
-    result = main(["--parts", "meta", "--device", "cpu", *TINY_META, "--meta-configs", *configs])
+    result = main(
+        ["--parts", "meta", "--device", "cpu", *TINY_META, "--meta_configs", str(configs)]
+    )
     meta = result["meta"]
     assert meta["mtl_ms"] > 0
     assert list(meta["configs"]) == configs
@@ -102,3 +110,52 @@ def test_meta_cost_model_and_configs():
     assert expected_meta_ratio(2, 1, first_order=True) == 4  # B·(K+1)
     assert expected_meta_ratio(2, 1, first_order=False) == 8  # B·(3K+1)
     assert expected_meta_ratio(2, 2, first_order=False) == 14
+
+
+def test_interleaved_rounds_measure_every_statement_once_per_round_in_turn():
+    calls = []
+    times = iter([5.0, 1.0, 3.0, 2.0, 4.0, 9.0, 1.0, 7.0])  # a, b alternating, four rounds
+
+    def measure(fn, min_run_time):
+        assert min_run_time == 0.5
+        calls.append(fn())
+        return next(times)
+
+    medians = interleaved_ms({"a": lambda: "a", "b": lambda: "b"}, 4, 0.5, measure)
+    assert calls == ["a", "b"] * 4
+    assert medians == {"a": 3.5, "b": 4.5}  # medians of (5, 3, 4, 1) and (1, 2, 9, 7)
+
+
+def test_latency_times_each_model_in_inference_mode_in_alternation():
+    calls = []
+
+    class Model(torch.nn.Module):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            calls.append((self.name, torch.is_inference_mode_enabled(), tuple(x.shape)))
+            return x
+
+    models = {name: Model(name) for name in ("dense", "compacted")}
+    medians = latency_ms(models, torch.zeros(1, 3, 4, 4), rounds=2, min_run_time=0.001)
+    assert list(medians) == ["dense", "compacted"]
+    assert {call[1:] for call in calls} == {(True, (1, 3, 4, 4))}
+    runs = [name for name, _ in itertools.groupby(name for name, _, _ in calls)]
+    assert runs == ["dense", "compacted"] * 2  # one block of calls per model and round
+
+
+def test_bench_options_come_from_a_config_file(tmp_path, capsys):
+    config = tmp_path / "bench.yaml"
+    config.write_text("parts: meta\nmeta_configs: [2x1fo]\nmeta_layers: [2, 1, 1, 1]\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(config), "--meta_rounds", "4", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["parts"] == "meta" and printed["meta_configs"] == ["2x1fo"]
+    assert printed["meta_layers"] == [2, 1, 1, 1] and printed["meta_rounds"] == 4
+    assert printed["data_size"] == [288, 384] and printed["min_run_time"] == 1.0
+    with pytest.raises(SystemExit):
+        main(["--parts", "prox,gpu"])
+    assert "unknown parts ['gpu']" in capsys.readouterr().err

@@ -31,7 +31,7 @@ from datamodules.celebamask.layout import (
 )
 from datamodules.synthetic_root import partial_path, write_root_once
 from datamodules.transforms import JointTransform
-from lightning_mtl.tasks.base import TargetSpec
+from lightning_mtl.targets import TargetSpec
 from tests.conftest import TINY_MODEL
 
 SIDE = 32  # image side; masks are SIDE // 2, like 1024 / 512

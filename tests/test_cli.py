@@ -10,7 +10,7 @@ import yaml
 
 from datamodules.celebamask import write_synthetic_celebamask
 from datamodules.nyuv2 import write_synthetic_nyuv2
-from lightning_mtl.cli.main import main
+from lightning_mtl.cli.main import JOBS, Job, main
 from tests.wandb_records import history_keys
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,11 +26,124 @@ TINY = [
 ]  # fmt: skip
 
 
+TRAINING = ("fit", "validate", "test", "predict")
+#: per job: the subcommand words before its options, and options that complete its config
+JOB_ARGS: dict[str, tuple[list[str], list[str]]] = {
+    "run": ([], ["--config", str(ROOT / "experiments" / "synthetic.yaml")]),
+    "sweep": ([], [str(ROOT / "experiments" / "sweeps" / "synthetic.yaml")]),
+    "report": ([], ["runs/synthetic", "--spy", "false", "--latency_size", "[64, 48]"]),
+    "meta": ([], ["--config", str(ROOT / "experiments" / "meta" / "synthetic.yaml")]),
+    "lomt": ([], ["--config", str(ROOT / "experiments" / "lomt" / "synthetic.yaml")]),
+    "bench": ([], ["--parts", "prox", "--data_size", "[32, 48]", "--rounds", "2"]),
+    "data": (["check"], ["--data", "nyuv2", "--root", "data/nyuv2", "--format", "mtan"]),
+    "compact": ([], ["--ckpt", "a.ckpt", "--out", "out", "--image_size", "[32, 32]"]),
+}
+
+
+def _exit(capsys, args: list[str]) -> tuple[int | str | None, str, str]:
+    """Run `lightning-mtl ARGS`, which must exit; its exit status, stdout and stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
 def test_help_lists_every_subcommand(capsys):
     main(["--help"])
     out = capsys.readouterr().out
-    for name in ("fit", "validate", "test", "predict", "meta", "bench"):
-        assert f"\n  {name} " in out
+    for name in (*TRAINING, *JOBS):
+        assert f"\n  {name} " in out, name
+    main([])
+    assert capsys.readouterr().out == out, "a bare `lightning-mtl` prints the same help"
+
+
+def test_every_job_has_a_case_here():
+    assert set(JOB_ARGS) == set(JOBS)
+
+
+def test_help_and_dispatch_come_from_the_jobs_table(capsys, monkeypatch):
+    def hello(name: str = "world", times: int = 1) -> None:
+        """Greet someone: a job that exists only in the table.
+
+        Args:
+            name: who is greeted.
+            times: how often.
+        """
+        print(f"hello {name}\n" * times, end="")
+
+    monkeypatch.setitem(JOBS, "hello", Job(hello))
+    main(["--help"])
+    assert "\n  hello      Greet someone: a job that exists only in the table.\n" in (
+        capsys.readouterr().out
+    )
+    main(["hello", "--name", "you", "--times", "2"])
+    assert capsys.readouterr().out == "hello you\nhello you\n"
+    code, out, _ = _exit(capsys, ["hello", "--help"])
+    assert code == 0
+    assert "usage: lightning-mtl hello" in out and "who is greeted." in out
+
+
+def test_an_unknown_subcommand_fails_listing_the_subcommands(capsys):
+    code, _, err = _exit(capsys, ["trian", "--config", "x.yaml"])
+    assert code == 2
+    assert "unknown subcommand 'trian'" in err
+    assert ", ".join([*TRAINING, *JOBS]) in err
+
+
+@pytest.mark.parametrize("job", list(JOB_ARGS))
+def test_every_job_has_help_with_config_and_print_config(job, capsys):
+    words, _ = JOB_ARGS[job]
+    code, out, _ = _exit(capsys, [job, *words, "--help"])
+    assert code == 0
+    assert "usage:" in out and "--config" in out and "--print_config" in out
+
+
+@pytest.mark.parametrize("job", list(JOB_ARGS))
+def test_every_job_prints_its_config_and_reads_it_back(job, capsys, tmp_path):
+    words, options = JOB_ARGS[job]
+    code, printed, _ = _exit(capsys, [job, *words, *options, "--print_config"])
+    assert code in (0, None)
+    config = yaml.safe_load(printed)
+    assert isinstance(config, dict) and config
+    path = tmp_path / "config.yaml"
+    path.write_text(printed)
+    code, again, _ = _exit(capsys, [job, *words, "--config", str(path), "--print_config"])
+    assert code in (0, None)
+    assert yaml.safe_load(again) == config
+
+
+@pytest.mark.parametrize("job", list(JOB_ARGS))
+def test_every_job_rejects_an_unknown_option_naming_it(job, capsys):
+    words, options = JOB_ARGS[job]
+    code, _, err = _exit(capsys, [job, *words, *options, "--no_such_option", "1"])
+    assert code == 2
+    assert "--no_such_option" in err
+
+
+def test_job_options_reach_the_pipeline_function(capsys, monkeypatch, tmp_path):
+    """`report` options, underscored and YAML-typed, become the `report` call's arguments."""
+    from types import SimpleNamespace
+
+    from lightning_mtl.pipelines import report as report_module
+
+    calls = []
+
+    def fake_report(*args):
+        calls.append(args)
+        (tmp_path / "table.md").write_text("| table |")
+        return SimpleNamespace(out=tmp_path, left_out={"x": "gone"}, notes=["a note"], figures=[])
+
+    monkeypatch.setattr(report_module, "report", fake_report)
+    main(["report", "runs/a", "--split", "val", "--spy", "false", "--latency_rounds", "3"])
+    main(["report", "runs/b", "--out", "o", "--latency_size", "[64, 48]"])
+    assert calls == [
+        (Path("runs/a"), None, "val", False, 3, None),
+        (Path("runs/b"), Path("o"), "test", True, 0, (64, 48)),
+    ]
+    out = capsys.readouterr().out
+    assert "| table |" in out and "left out x: gone" in out and "a note" in out
+    code, _, err = _exit(capsys, ["report", "runs/a", "--split", "train"])
+    assert code == 2 and "split" in err
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "experiments").glob("*.yaml")))
@@ -134,7 +247,7 @@ def test_compact_command_saves_and_exports_an_equivalent_smaller_model(
 
     module, ckpt = sparse_checkpoint
     out = tmp_path / "compacted"
-    exports = ["--image-size", "32", "32", "--torchscript", "--onnx"]
+    exports = ["--image_size", "[32, 32]", "--torchscript", "true", "--onnx", "true"]
     main(["compact", "--ckpt", str(ckpt), "--out", str(out), *exports])
     printed = capsys.readouterr().out
     assert "params " in printed and "input channels removed" in printed

@@ -10,14 +10,11 @@ import copy
 
 import pytest
 import torch
-from lightning_mtl.benchmarks.compaction import (
-    benchmark_compaction,
-    latency_plot,
-    zero_random_groups,
-)
 from torch import Tensor, nn
 
+from lightning_mtl.benchmarks.compaction import benchmark_compaction, zero_random_groups
 from lightning_mtl.models import ClassificationHead, DeepLabV3Head, DilatedResNet, MultiTaskModel
+from lightning_mtl.reporting.figures import latency_plot, save_figure
 from lightning_mtl.sparsity import live_groups
 from lightning_mtl.sparsity.compact import (
     compact,
@@ -241,5 +238,5 @@ def test_benchmark_smoke(tmp_path):
     assert results[1]["macs_ratio"] > 1.0
     assert results[1]["params_compacted"] < results[1]["params_dense"]
     assert all(r["latency_dense_ms"] > 0 and r["latency_compacted_ms"] > 0 for r in results)
-    latency_plot(results, tmp_path / "latency.png")
+    save_figure(latency_plot(results), tmp_path / "latency.png", dpi=150)
     assert (tmp_path / "latency.png").stat().st_size > 0

@@ -37,3 +37,12 @@ def test_celebamask_root_is_checked_and_a_missing_image_is_named(tmp_path, capsy
     code, out = _check(capsys, "--data", "celebamask", "--root", str(root))
     assert code == 1
     assert "3.jpg" in out
+
+
+def test_a_config_file_gives_the_options(tmp_path, capsys):
+    root = write_synthetic_nyuv2(tmp_path / "nyu", "mtan", 4, 2, (24, 32), 0)
+    config = tmp_path / "check.yaml"
+    config.write_text(f"data: nyuv2\nroot: {root}\nformat: mtan\n")
+    code, out = _check(capsys, "--config", str(config))
+    assert code == 0
+    assert f"{root}: no problems found (nyuv2)" in out.replace("\n", "")

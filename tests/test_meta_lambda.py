@@ -54,7 +54,7 @@ def meta_train(
     rho = nn.Parameter(torch.tensor(math.log(lambda_init)))
     optimizer = ProxAdamW(
         [
-            {"params": [theta], "lambda_": lambda_init, "prox": "adaptive"},
+            {"params": [theta], "layers": ["w"], "lambda_": lambda_init, "prox_metric": "adaptive"},
             {"params": [rho], "lr": 0.05, "lambda_": 0.0},
         ],
         lr=0.02,
@@ -85,7 +85,7 @@ def meta_train(
             )
             loss = loss + mse(phi, query)
         theta.grad, rho.grad = torch.autograd.grad(loss, [theta, rho])
-        optimizer.param_groups[0]["lambda_"] = float(rho.detach().exp())
+        optimizer.set_lambda({"w": float(rho.detach().exp())})
         optimizer.step()
         lambdas.append(float(rho.detach().exp()))
     return lambdas, theta.detach().flatten()

@@ -10,7 +10,7 @@ from lightning_mtl.meta.inner_loop import adapt, group_lasso, group_lasso_grad
 from torch.utils.data import default_collate
 
 from lightning_mtl import MetaSparsityModule, ProxAdamW
-from lightning_mtl.sparsity.prox import group_lasso_euclidean
+from lightning_mtl.sparsity.operators import group_lasso_euclidean
 from tests.conftest import TINY_MODEL
 
 TASKS = ("seg", "depth", "normal")

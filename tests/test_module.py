@@ -157,8 +157,8 @@ def test_a_new_task_by_subclassing_trains(tmp_path, tiny_data, tiny_module):
         assert "val/fg/fg_acc" in trainer.callback_metrics
         assert 0.0 <= float(trainer.callback_metrics["val/fg/fg_acc"]) <= 1.0
     finally:
-        TASK_REGISTRY.clear()
-        TASK_REGISTRY.update(saved)
+        for name in set(TASK_REGISTRY) - set(saved):
+            TASK_REGISTRY.unregister(name)
 
 
 @pytest.mark.parametrize(
@@ -166,7 +166,10 @@ def test_a_new_task_by_subclassing_trains(tmp_path, tiny_data, tiny_module):
     [
         ({"tasks": ["seg", "sonar"]}, r"unknown task 'sonar'.*provides"),
         ({"lambda_": -1e-3}, r"lambda_ must be >= 0"),
-        ({"prox": "fista"}, r"unknown prox 'fista'; allowed: \['adaptive', 'euclidean'\]"),
+        (
+            {"prox_metric": "fista"},
+            r"unknown prox_metric 'fista'; allowed: \['adaptive', 'euclidean'\]",
+        ),
         ({"penalty": "l0"}, r"unknown penalty 'l0'"),
         ({"group_by": "kernel"}, r"unknown group_by 'kernel'"),
         ({"sparse_layers": r"layer9\."}, r"matches no conv layer; the layers are \['conv1'"),

@@ -19,11 +19,14 @@ from datamodules.nyuv2 import (
     NYUv2DataModule,
     check_nyuv2,
     label_edges,
+    list_nyuv2_formats,
+    register_nyuv2_format,
     resolve,
     synthetic_scene,
     write_synthetic_nyuv2,
 )
-from lightning_mtl.tasks.base import TargetSpec
+from datamodules.nyuv2.formats import MTANFormat
+from lightning_mtl.targets import TargetSpec
 
 SIZE = (32, 48)
 N_TRAIN, N_TEST, SEED = 10, 3, 3
@@ -178,8 +181,23 @@ def test_missing_and_unrecognised_roots(tmp_path: Path) -> None:
     assert all(f"{f}:" in str(info.value) for f in FORMATS)
     problems = check_nyuv2(tmp_path / "empty")
     assert len(problems) == 1 and "matches no NYU-v2 layout" in problems[0]
-    with pytest.raises(ValueError, match="unknown NYU-v2 format"):
+    with pytest.raises(ValueError, match=r"unknown NYU-v2 format 'h5'; choose one of \['mtan'"):
         NYUv2DataModule(str(tmp_path / "empty"), format="h5")
+    assert list_nyuv2_formats() == list(FORMATS) == ["mtan", "nyud_mt", "png"]
+
+
+def test_a_registered_format_is_chosen_by_name(roots: dict[str, Path]) -> None:
+    class Renamed(MTANFormat):
+        name = "mtan_copy"
+
+    try:
+        assert register_nyuv2_format(Renamed) is Renamed
+        assert list_nyuv2_formats()[-1] == "mtan_copy"
+        assert resolve(roots["mtan"], "mtan_copy").format.name == "mtan_copy"
+        with pytest.raises(ValueError, match="already registered"):
+            register_nyuv2_format(Renamed)  # a second instance under a taken name
+    finally:
+        FORMATS.unregister("mtan_copy")
 
 
 def test_synthesize_in_prepare_data(tmp_path: Path) -> None:

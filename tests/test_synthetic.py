@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from datamodules import SyntheticDataModule
-from datamodules.synthetic import BINARY_LABELS, CLASS_NAMES, IGNORE_INDEX, render_sample
+from datamodules.synthetic import BINARY_LABELS, CLASS_NAMES, render_sample
 from datamodules.synthetic.scene import HFOV_DEG
-from lightning_mtl.tasks.base import TargetSpec
+from lightning_mtl.targets import IGNORE_INDEX, TargetSpec
 
 SIZE = (48, 64)
 

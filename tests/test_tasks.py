@@ -44,8 +44,8 @@ def registry():
     """Restore the task registry after a test that registers tasks."""
     saved = dict(TASK_REGISTRY)
     yield TASK_REGISTRY
-    TASK_REGISTRY.clear()
-    TASK_REGISTRY.update(saved)
+    for name in set(TASK_REGISTRY) - set(saved):
+        TASK_REGISTRY.unregister(name)
 
 
 def _make(kind: str) -> Task:

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.transforms import JointTransform
+from lightning_mtl.targets import TargetSpec
 
 SIZE = (16, 24)
 LABELS = (0, 1, 2, 255)
@@ -142,6 +143,32 @@ def test_flip_negates_normal_x_and_maps_labels():
         seen.add(flipped)
         for key in ("image", "seg", "depth", "normal", "edge"):
             np.testing.assert_allclose(out[key], expected[flipped][key], atol=1e-6, err_msg=key)
+    assert seen == {False, True}
+
+
+def test_targets_give_the_kind_of_each_key():
+    """A `seg` target under another key is flipped as seg; keys not in `targets` pass through."""
+    arrays = _sample(SIZE)
+    arrays["parts"] = arrays.pop("seg")
+    targets = {"parts": TargetSpec("seg", num_classes=3), "smiling": TargetSpec("binary")}
+    transform = JointTransform(
+        SIZE,
+        train=True,
+        scale_range=(1.0, 1.0),
+        color_jitter=False,
+        flip_label_map=[1, 0, 2],
+        seed=0,
+        targets=targets,
+    )
+    seen = set()
+    for _ in range(12):
+        out = transform(arrays)
+        flipped = not np.array_equal(out["image"], arrays["image"])
+        seen.add(flipped)
+        parts = _flipped({"seg": arrays["parts"], "normal": arrays["normal"]}, [1, 0, 2])["seg"]
+        np.testing.assert_array_equal(out["parts"], parts if flipped else arrays["parts"])
+        assert out["parts"].dtype == np.int64
+        assert out["depth"] is arrays["depth"] and out["smiling"] is arrays["smiling"]
     assert seen == {False, True}
 
 

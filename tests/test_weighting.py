@@ -97,4 +97,4 @@ def test_build_and_register() -> None:
     try:
         assert build_weighting("max", KEYS)(_losses()).item() == pytest.approx(2.0)
     finally:
-        del WEIGHTINGS["max"]
+        WEIGHTINGS.unregister("max")

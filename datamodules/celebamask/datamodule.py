@@ -9,7 +9,7 @@ from typing import Literal
 
 import numpy as np
 
-from lightning_mtl.tasks.base import TargetSpec
+from lightning_mtl.targets import TargetSpec
 
 from ..base import Arrays, MultiTaskDataModule, MultiTaskDataset, image_size_of, seeded_split
 from ..synthetic_root import write_root_once
@@ -178,9 +178,12 @@ class CelebAMaskHQDataModule(MultiTaskDataModule):
         records = self._records()
         splits = self._split([image_id for image_id, _ in records])
         reader = CelebAMaskReader(self.root, self.tasks, parsing_lut(self.class_map))
-        evaluation = JointTransform(self.image_size, train=False)
+        targets = {key: self.targets[key] for key in self.tasks}
+        evaluation = JointTransform(self.image_size, train=False, targets=targets)
         train = (
-            JointTransform(self.image_size, train=True, flip_label_map=self.flip_label_map)
+            JointTransform(
+                self.image_size, train=True, flip_label_map=self.flip_label_map, targets=targets
+            )
             if self.augment
             else evaluation
         )
@@ -188,7 +191,7 @@ class CelebAMaskHQDataModule(MultiTaskDataModule):
             name: MultiTaskDataset(
                 [records[i] for i in indices],
                 reader,
-                self.tasks,
+                targets,
                 transform=train if name == "train" else evaluation,
             )
             for name, indices in zip(SPLITS, splits, strict=True)

@@ -1,19 +1,28 @@
 """NYU-v2 from disk (MTAN npy, NYUD-MT, PNG exports), a root checker, and a synthetic writer."""
 
 from .datamodule import NYUv2DataModule
-from .formats import FORMATS, IGNORE_INDEX, NYUv2DataError, label_edges
+from .formats import (
+    FORMATS,
+    NYUv2DataError,
+    NYUv2Format,
+    label_edges,
+    list_nyuv2_formats,
+    register_nyuv2_format,
+)
 from .reader import Layout, Sample, check_nyuv2, resolve
 from .writer import synthetic_scene, write_synthetic_nyuv2
 
 __all__ = [
     "FORMATS",
-    "IGNORE_INDEX",
     "Layout",
     "NYUv2DataError",
     "NYUv2DataModule",
+    "NYUv2Format",
     "Sample",
     "check_nyuv2",
     "label_edges",
+    "list_nyuv2_formats",
+    "register_nyuv2_format",
     "resolve",
     "synthetic_scene",
     "write_synthetic_nyuv2",

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from lightning_mtl.tasks.base import TargetSpec
+from lightning_mtl.targets import TargetSpec
 
 from ..base import MultiTaskDataModule, MultiTaskDataset, image_size_of, seeded_split
 from ..synthetic_root import write_root_once
@@ -49,10 +49,8 @@ class NYUv2DataModule(MultiTaskDataModule):
         synthesize: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers)
-        if format != "auto" and format not in FORMATS:
-            raise ValueError(
-                f"unknown NYU-v2 format {format!r}; use 'auto' or one of {list(FORMATS)}"
-            )
+        if format != "auto":
+            FORMATS.get(format)  # an unknown name fails here, listing the formats
         self.image_size = image_size_of(image_size)
         if seed < 0 or synthesize < 0:
             raise ValueError(f"need seed, synthesize >= 0, got {seed}, {synthesize}")
@@ -124,12 +122,15 @@ class NYUv2DataModule(MultiTaskDataModule):
         """List the samples of every split (cheap: files are read on access)."""
         self.layout = resolve(self.root, self.format, self.num_classes)
         reader = partial(self.layout.read, keys=self.tasks)
+        targets = {key: self.targets[key] for key in self.tasks}
         self.datasets = {
             split: MultiTaskDataset(
                 samples,
                 reader,
-                self.tasks,
-                JointTransform(self.image_size, train=split == "train" and self.augment),
+                targets,
+                JointTransform(
+                    self.image_size, train=split == "train" and self.augment, targets=targets
+                ),
             )
             for split, samples in self._splits().items()
         }

@@ -12,12 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 from PIL import Image
 
-IGNORE_INDEX = 255
+from lightning_mtl.registry import Registry
+from lightning_mtl.targets import IGNORE_INDEX
 
 
 class NYUv2DataError(ValueError):
@@ -190,6 +191,23 @@ class NYUv2Format(ABC):
         return list(dict.fromkeys(lines))
 
 
+#: the formats by name, in detection order (`register_nyuv2_format` adds one)
+FORMATS: Registry[NYUv2Format] = Registry("NYU-v2 format")
+_FormatT = TypeVar("_FormatT", bound=type[NYUv2Format])
+
+
+def register_nyuv2_format(cls: _FormatT) -> _FormatT:
+    """Class decorator: make a format choosable by its `name` and found by auto-detection."""
+    FORMATS.register(cls.name, cls())
+    return cls
+
+
+def list_nyuv2_formats() -> list[str]:
+    """The registered format names (what `format=` takes besides "auto")."""
+    return FORMATS.names()
+
+
+@register_nyuv2_format
 class MTANFormat(NYUv2Format):
     """MTAN/LibMTL preprocessed npy; its `val` folder is NYU's test split.
 
@@ -235,6 +253,7 @@ class MTANFormat(NYUv2Format):
         return ids
 
 
+@register_nyuv2_format
 class NYUDMTFormat(NYUv2Format):
     """Vandenhende's NYUD-MT: flat folders per kind, splits as id lists in `gt_sets/`."""
 
@@ -280,6 +299,7 @@ class NYUDMTFormat(NYUv2Format):
         }
 
 
+@register_nyuv2_format
 class PNGFormat(NYUv2Format):
     """PNG exports (e.g. DenseDepth / ankurhanda): 8-bit RGB, uint16 depth in mm, uint8 labels."""
 
@@ -328,6 +348,3 @@ class PNGFormat(NYUv2Format):
             else:
                 ids[split] = sorted(p.stem for p in (root / split / "rgb").glob("*.png"))
         return ids
-
-
-FORMATS: dict[str, NYUv2Format] = {f.name: f for f in (MTANFormat(), NYUDMTFormat(), PNGFormat())}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_mtl.tasks.base import TargetSpec
+from lightning_mtl.targets import TargetSpec
 
 from ..base import Arrays
 from .formats import FORMATS, Field, NYUv2DataError, NYUv2Format, label_edges
@@ -96,11 +96,7 @@ def describe_layouts() -> str:
 def detect(root: Path, format: str = "auto") -> NYUv2Format:
     """The format of an existing `root` (`auto`: the one whose required paths all exist)."""
     if format != "auto":
-        if format not in FORMATS:
-            raise ValueError(
-                f"unknown NYU-v2 format {format!r}; use 'auto' or one of {list(FORMATS)}"
-            )
-        fmt = FORMATS[format]
+        fmt = FORMATS.get(format)
         if not fmt.matches(root):
             raise NYUv2DataError(
                 f"{root} is not in the {format} layout: it needs {list(fmt.required)}"

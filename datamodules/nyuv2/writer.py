@@ -17,11 +17,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..synthetic import IGNORE_INDEX, render_sample
+from lightning_mtl.targets import IGNORE_INDEX, target_kind
+
+from ..synthetic import render_sample
 
 Scene = dict[str, np.ndarray]
 #: the synthetic renderer's split ids
 _SPLIT_IDS = {"train": 0, "test": 2}
+#: the rendered keys written, each of the kind of its name
+_SCENE_KEYS = ("image", "seg", "depth", "normal", "edge")
 
 
 def _save_png(path: Path, array: np.ndarray, **options) -> None:
@@ -88,15 +92,9 @@ _WRITERS: dict[str, Callable[[Path, str, str, Scene], None]] = {
 
 
 def synthetic_scene(seed: int, split: str, index: int, image_size: tuple[int, int]) -> Scene:
-    """Rendered sample `index` of `split` in the array layout (channels last, no channel dim)."""
+    """Rendered sample `index` of `split` (its dense keys) in the array layout."""
     s = render_sample(seed, _SPLIT_IDS[split], index, image_size)
-    return {
-        "image": s["image"].transpose(1, 2, 0),
-        "seg": s["seg"],
-        "depth": s["depth"][0],
-        "normal": s["normal"].transpose(1, 2, 0),
-        "edge": s["edge"][0],
-    }
+    return {key: target_kind(key).to_array(s[key]) for key in _SCENE_KEYS}
 
 
 def write_synthetic_nyuv2(

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_mtl.tasks.base import TargetSpec
+from lightning_mtl.targets import TargetSpec
 
 from ..base import MultiTaskDataModule, image_size_of
 from .sample import BINARY_LABELS, render_sample

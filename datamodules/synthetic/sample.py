@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from lightning_mtl.targets import IGNORE_INDEX
+
 from .raycast import Render, render
 from .scene import CLASS_IDS, sample_scene
 
-IGNORE_INDEX = 255
 #: image-level binary labels, each a documented function of the clean render
 BINARY_LABELS: dict[str, str] = {
     "sphere": "spheres cover at least 2% of the image",

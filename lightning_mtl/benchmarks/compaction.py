@@ -1,28 +1,23 @@
-"""Inference speed of compaction: MACs and latency of dense vs compacted dilated ResNets."""
+"""The compaction part: MACs and latency of the backbone with 0–90 % of its input groups
+zeroed, dense vs compacted, at batch 1 and 8, plotted as latency vs sparsity."""
 
 from __future__ import annotations
 
 import copy
-import statistics
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+from rich.console import Console
+from rich.table import Table
 from torch import nn
-from torch.utils import benchmark
 
+from lightning_mtl.benchmarks.options import BenchOptions
+from lightning_mtl.benchmarks.timing import latency_ms
 from lightning_mtl.models import DilatedResNet
+from lightning_mtl.reporting.figures import latency_plot, save_figure
 from lightning_mtl.sparsity import conv_weights
 from lightning_mtl.sparsity.compact import compact
-
-__all__ = [
-    "benchmark_compaction",
-    "latency_ms",
-    "latency_plot",
-    "measure_compaction",
-    "zero_random_groups",
-]
 
 SPARSITIES: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7, 0.9)
 
@@ -34,20 +29,6 @@ def zero_random_groups(model: nn.Module, fraction: float, generator: torch.Gener
         in_ch = weight.shape[1]
         idx = torch.randperm(in_ch, generator=generator)[: round(fraction * in_ch)]
         weight[:, idx] = 0
-
-
-def latency_ms(
-    models: Mapping[str, nn.Module], x: torch.Tensor, rounds: int = 5, min_run_time: float = 0.2
-) -> dict[str, float]:
-    """Median inference latency (ms) of each model on `x`, measured in alternating rounds so
-    that the machine's drift hits every model alike."""
-    times: dict[str, list[float]] = {key: [] for key in models}
-    with torch.inference_mode():
-        for _ in range(rounds):
-            for key, model in models.items():
-                timer = benchmark.Timer("model(x)", globals={"model": model, "x": x})
-                times[key].append(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
-    return {key: statistics.median(values) for key, values in times.items()}
 
 
 def benchmark_compaction(
@@ -114,24 +95,52 @@ def measure_compaction(
     return rows
 
 
-def latency_plot(results: Sequence[dict[str, float]], path: str | Path) -> None:
-    """Latency (ms) vs % sparsity, dense dashed and compacted solid, one colour per batch size."""
-    import matplotlib
+def run(options: BenchOptions, device: torch.device, console: Console) -> dict:
+    """Measure every sparsity (and the `checkpoint`'s trained profile), write the plot, print
+    the table; `{"compaction": rows of measure_compaction}`."""
+    depth = int(options.backbone.removeprefix("resnet"))
+    min_run_time = options.min_run_time / 5  # per model, round and configuration (10 of them)
+    results = benchmark_compaction(
+        depth,
+        options.image_size,
+        rounds=options.rounds,
+        min_run_time=min_run_time,
+        device=device.type,
+    )
+    save_figure(latency_plot(results), options.plot, dpi=150)
+    if options.checkpoint:
+        from lightning_mtl.modules import MultiTaskLightningModule
+        from lightning_mtl.sparsity import sparsity_stats
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for i, batch in enumerate(sorted({r["batch_size"] for r in results})):
-        rows = sorted((r for r in results if r["batch_size"] == batch), key=lambda r: r["sparsity"])
-        pct = [100 * r["sparsity"] for r in rows]
-        for kind, style in (("dense", "--o"), ("compacted", "-o")):
-            latencies = [r[f"latency_{kind}_ms"] for r in rows]
-            ax.plot(pct, latencies, style, color=f"C{i}", label=f"{kind}, batch {batch}")
-    ax.set_xlabel("% zero input groups")
-    ax.set_ylabel("latency (ms)")
-    ax.set_yscale("log")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+        module = MultiTaskLightningModule.load_from_checkpoint(
+            options.checkpoint, map_location="cpu"
+        )
+        backbone = module.model.backbone
+        trained = sparsity_stats(backbone).group_pct / 100
+        results += measure_compaction(
+            backbone,
+            options.image_size,
+            (1, 8),
+            options.rounds,
+            min_run_time,
+            device.type,
+            sparsity=trained,
+            profile="trained",
+        )
+    table = Table(
+        title=f"compaction, dilated {options.backbone} backbone, {options.image_size}², "
+        f"{device.type}",
+        caption=f"random zeroed input groups; dense/compacted ratios; plot: {options.plot}",
+    )
+    for column in ("% zero groups", "batch", "params", "MACs ratio", "latency ratio"):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(
+            f"{100 * r['sparsity']:.0f}" + (" (trained)" if r.get("profile") else ""),
+            str(r["batch_size"]),
+            f"{r['params_dense']:,} → {r['params_compacted']:,}",
+            f"{r['macs_ratio']:.2f}×",
+            f"{r['latency_ratio']:.2f}×",
+        )
+    console.print(table)
+    return {"compaction": results}

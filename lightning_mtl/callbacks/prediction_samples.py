@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-import lightning_mtl.plots  # noqa: F401  (selects the non-interactive backend)
+from lightning_mtl.reporting.figures import samples_plot, save_figure
 
 
 class PredictionSamples(L.Callback):
@@ -37,21 +36,7 @@ class PredictionSamples(L.Callback):
             columns.append((f"{key} prediction", [p for p, _ in pairs]))
             columns.append((f"{key} target", [t for _, t in pairs]))
         path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig, axes = plt.subplots(
-            len(images),
-            len(columns),
-            figsize=(1.6 * len(columns), 1.6 * len(images)),
-            squeeze=False,
-        )
-        for col, (title, column) in enumerate(columns):
-            axes[0, col].set_title(title, fontsize=7)
-            for row, picture in enumerate(column):
-                axes[row, col].imshow(picture.permute(1, 2, 0).clamp(0, 1).numpy())
-                axes[row, col].axis("off")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        save_figure(samples_plot(columns), path, dpi=100)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key="samples", images=[str(path)], step=trainer.global_step)

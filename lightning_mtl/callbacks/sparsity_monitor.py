@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import matplotlib.pyplot as plt
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_mtl.plots import spy_plot
+from lightning_mtl.reporting.figures import save_figure, spy_plot
 from lightning_mtl.sparsity import sparsity_stats
+from lightning_mtl.sparsity.stats import dead_groups_warning
 
 
 class SparsityMonitor(L.Callback):
@@ -38,24 +38,21 @@ class SparsityMonitor(L.Callback):
         if self.log_layers:
             for name, fraction in stats.layers.items():
                 pl_module.log(f"sparsity/layer/{name}", fraction)
-        if stats.group_pct == 100.0 and not self._warned_all_zero:
-            self._warned_all_zero = True
-            rank_zero_warn(
-                f"every channel group of the grouped convs is zero at epoch "
-                f"{trainer.current_epoch} (λ={getattr(pl_module, 'current_lambda', '?')}): the "
-                "backbone passes nothing on and the heads predict from their biases alone. "
-                "Training goes on; lower λ (or start the prox later) for a useful model."
+        if not self._warned_all_zero:
+            lambda_ = getattr(pl_module, "current_lambda", None)
+            warning = dead_groups_warning(
+                weights, group_by, f"epoch {trainer.current_epoch}", lambda_
             )
+            if warning is not None:
+                self._warned_all_zero = True
+                rank_zero_warn(warning)
         if trainer.is_global_zero:
             self._save_plot(trainer, weights, group_by, stats.group_pct)
 
     def _save_plot(self, trainer: L.Trainer, weights, group_by: str, group_pct: float) -> None:
-        path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
-        path.parent.mkdir(parents=True, exist_ok=True)
         title = f"epoch {trainer.current_epoch}: {group_pct:.1f}% zero groups"
-        fig = spy_plot(weights, group_by, title=title)
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+        save_figure(spy_plot(weights, group_by, title=title), path, dpi=120)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key="sparsity/spy", images=[str(path)], step=trainer.global_step)

@@ -1,35 +1,164 @@
-"""The `lightning-mtl` command: LightningCLI (fit/validate/test/predict) plus job subcommands."""
+"""The `lightning-mtl` command: LightningCLI (fit/validate/test/predict) plus the jobs of `JOBS`.
+
+Every subcommand parses with LightningCLI or jsonargparse, so each one takes `--config FILE`,
+`--print_config` and dotted options; `lightning-mtl --help` is generated from `JOBS` and the
+LightningCLI subcommands.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
-from lightning_mtl.modules import MultiTaskLightningModule
+from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningCLI
+
+from lightning_mtl.lomt.pipeline import LOMTOptions
+from lightning_mtl.pipelines.compact import Compacted, compact_checkpoint
 from lightning_mtl.pipelines.fit import build_cli
 
+PROG = "lightning-mtl"
 
-def _lomt(args: Sequence[str]) -> None:
-    """LOMT: stage-1 profiles → taps → LOMT vs conventional; prints the comparison."""
-    import dataclasses
 
-    from jsonargparse import ActionConfigFile, ArgumentParser
+@dataclass(frozen=True)
+class Job:
+    """A job subcommand: what it runs and how its command line becomes the call.
 
-    from lightning_mtl.lomt.pipeline import LOMTOptions, run_pipeline
+    `function`'s typed signature is the parser (a class's: its `__init__`): `--config FILE`,
+    `--print_config`, one option per parameter (nested ones dotted), help from the docstring's
+    `Args:`; `positional`: required parameters are positional arguments. The parsed values call
+    `function`, and `then` (if given) gets its result. With `parses_itself`, `function` gets the
+    raw arguments instead (a LightningCLI, or a jsonargparse parser of its own). The docstring of
+    `then` (else `function`) describes the job; its first sentence is the job's line in the help.
+    """
+
+    function: Callable[..., Any]
+    then: Callable[[Any], None] | None = None
+    positional: bool = False
+    parses_itself: bool = False
+
+    @property
+    def summary(self) -> str:
+        """The job's line in `lightning-mtl --help`."""
+        return _summary(self.then or self.function)
+
+    def parser(self, name: str) -> ArgumentParser:
+        """The job's jsonargparse parser (not for `parses_itself` jobs)."""
+        doc = inspect.getdoc(self.then or self.function) or ""
+        parser = ArgumentParser(prog=f"{PROG} {name}", description=doc.split("\nArgs:")[0])
+        parser.add_argument(
+            "--config", action=ActionConfigFile, help="a YAML of these options (--print_config)"
+        )
+        if inspect.isclass(self.function):
+            parser.add_class_arguments(self.function, as_group=False, as_positional=self.positional)
+        else:
+            parser.add_function_arguments(
+                self.function, as_group=False, as_positional=self.positional
+            )
+        return parser
+
+    def run(self, name: str, args: Sequence[str]) -> None:
+        """Parse `args` and run the job."""
+        if self.parses_itself:
+            self.function(list(args))
+            return
+        parser = self.parser(name)
+        init = parser.instantiate(parser.parse_args(list(args)))
+        values = {key: init[key] for key in inspect.signature(self.function).parameters}
+        result = self.function(**values)
+        if self.then is not None:
+            self.then(result)
+
+
+def _run(args: Sequence[str]) -> None:
+    """Fit, test the best checkpoint, write result.json; skips a complete run, resumes a partial.
+
+    A LightningCLI with the `fit` options: `lightning-mtl run --config FILE …`.
+    """
+    from lightning_mtl.pipelines.run import run_to_completion
+
+    run_to_completion(list(args))
+
+
+def _sweep(file: Path) -> None:
+    """Run a sweep file's grid here, one run after another (complete runs skipped, resumable).
+
+    The same W&B grid-sweep file works with `wandb sweep FILE`; complete runs are skipped and
+    partial ones resumed. Exit status 1 when a run failed (rerun the sweep to retry it).
+
+    Args:
+        file: a sweep file (experiments/sweeps/*.yaml).
+    """
+    from lightning_mtl.pipelines.sweep import load_sweep, run_sweep
+
+    sweep = load_sweep(file)
+    failed = run_sweep(sweep)
+    print(
+        f"sweep {sweep.name}: {len(sweep) - len(failed)}/{len(sweep)} runs complete in {sweep.root}"
+    )
+    if failed:
+        print("failed (rerun the sweep to retry them):\n  " + "\n  ".join(failed))
+        sys.exit(1)
+    print(f"report: {PROG} report {sweep.root}")
+
+
+def _report(
+    runs: Path,
+    out: Path | None = None,
+    split: Literal["test", "val"] = "test",
+    spy: bool = True,
+    latency_rounds: int = 0,
+    latency_size: tuple[int, int] | None = None,
+) -> None:
+    """Tables (Markdown, CSV) and figures (PNG) of a folder of runs.
+
+    Read from the runs' CSV logs and checkpoints alone (no network).
+
+    Args:
+        runs: the folder holding the run folders.
+        out: output folder (default RUNS/report).
+        split: the metrics of the test split (best checkpoint) or of the best val epoch.
+        spy: a group spy plot per setting, from its first seed's best checkpoint.
+        latency_rounds: > 0: time dense vs compacted models for the latency figure.
+        latency_size: input size [H, W] of the latency timing (default: each run's image size).
+    """
+    from lightning_mtl.pipelines.report import report
+
+    result = report(runs, out, split, spy, latency_rounds, latency_size)
+    print((result.out / "table.md").read_text())
+    for name, why in result.left_out.items():
+        print(f"left out {name}: {why}")
+    for note in result.notes:
+        print(note)
+    print(f"report: {result.out / 'report.md'} (tables, {len(result.figures)} figures)")
+
+
+def _meta(args: Sequence[str]) -> None:
+    """Meta-train λ (MetaSparsityModule), then meta-test on seen and unseen tasks; one table.
+
+    A LightningCLI: the `fit` options plus `--meta_test.*`.
+    """
+    from lightning_mtl.meta.pipeline import run_meta
+
+    run_meta(args)
+
+
+def _lomt(options: LOMTOptions) -> None:
+    """LOMT: stage-1 profiles → taps → LOMT vs conventional; prints the comparison.
+
+    Layer-optimized multi-task models: single-task sparse runs pick each task's tap; LOMT and
+    conventional models are trained and compared. A LOMT YAML: experiments/lomt/*.yaml.
+    """
+    from lightning_mtl.lomt.pipeline import run_pipeline
 
     os.environ.setdefault("WANDB_QUIET", "true")
-    parser = ArgumentParser(
-        prog="lightning-mtl lomt",
-        description="Layer-optimized multi-task models: single-task sparse runs pick each "
-        "task's tap; LOMT and conventional models are trained and compared.",
-    )
-    parser.add_argument("--config", action=ActionConfigFile, help="a LOMT YAML (experiments/lomt)")
-    parser.add_class_arguments(LOMTOptions)
-    init = parser.instantiate(parser.parse_args(list(args)))
-    options = LOMTOptions(**{f.name: init[f.name] for f in dataclasses.fields(LOMTOptions)})
     rows = run_pipeline(options)
     root = Path(options.root)
     if rows:
@@ -39,162 +168,86 @@ def _lomt(args: Sequence[str]) -> None:
 
 
 def _bench(args: Sequence[str]) -> None:
+    """Benchmarks: prox cost vs AdamW and in a training step; data loader vs training; more."""
     from lightning_mtl.benchmarks.main import main as bench_main
 
     bench_main(list(args))
 
 
-def _compact(args: Sequence[str]) -> None:
-    """Compact a checkpoint's model; save it, and optionally export TorchScript and ONNX."""
-    import argparse
-
-    import torch
-
-    from lightning_mtl.sparsity import compact, export_onnx, export_torchscript, save_compacted
-
-    parser = argparse.ArgumentParser(
-        prog="lightning-mtl compact", description="Remove the zero channel groups of a model."
-    )
-    parser.add_argument("--ckpt", required=True, help="a MultiTaskLightningModule checkpoint")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--image-size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
-    parser.add_argument("--torchscript", action="store_true", help="also write model.ts")
-    parser.add_argument("--onnx", action="store_true", help="also write model.onnx")
-    options = parser.parse_args(args)
-    module = MultiTaskLightningModule.load_from_checkpoint(options.ckpt, map_location="cpu")
-    model = module.model.eval()
-    example = torch.rand(1, 3, *options.image_size)
-    report = compact(model, example)
-    out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_compacted(model, out / "model.pt")
-    written = ["model.pt"]
-    if options.torchscript:
-        export_torchscript(model, out / "model.ts", example)
-        written.append("model.ts")
-    if options.onnx:
-        export_onnx(model, out / "model.onnx", example)
-        written.append("model.onnx")
-    print(report.summary)
-    print(f"wrote {', '.join(str(out / name) for name in written)}")
-
-
-def _meta(args: Sequence[str]) -> None:
-    from lightning_mtl.meta.pipeline import run_meta
-
-    run_meta(args)
-
-
-def _run(args: Sequence[str]) -> None:
-    from lightning_mtl.pipelines.run import run_to_completion
-
-    run_to_completion(list(args))
-
-
-def _sweep(args: Sequence[str]) -> None:
-    """Run a sweep file's grid here, one run after another (resumable)."""
-    import argparse
-
-    from lightning_mtl.pipelines.sweep import load_sweep, run_sweep
-
-    parser = argparse.ArgumentParser(
-        prog="lightning-mtl sweep",
-        description="Run a W&B grid-sweep file's runs here, one after another; complete runs "
-        "are skipped and partial ones resumed. The same file works with `wandb sweep`.",
-    )
-    parser.add_argument("file", help="a sweep file (experiments/sweeps/*.yaml)")
-    sweep = load_sweep(parser.parse_args(args).file)
-    failed = run_sweep(sweep)
-    print(
-        f"sweep {sweep.name}: {len(sweep) - len(failed)}/{len(sweep)} runs complete in {sweep.root}"
-    )
-    if failed:
-        print("failed (rerun the sweep to retry them):\n  " + "\n  ".join(failed))
-        sys.exit(1)
-    print(f"report: lightning-mtl report {sweep.root}")
-
-
-def _report(args: Sequence[str]) -> None:
-    """Tables and figures of a folder of runs."""
-    import argparse
-
-    from lightning_mtl.pipelines.report import report
-
-    parser = argparse.ArgumentParser(
-        prog="lightning-mtl report",
-        description="Tables (Markdown, CSV) and figures (PNG) of a folder of runs, from their "
-        "CSV logs and checkpoints.",
-    )
-    parser.add_argument("runs", type=Path, help="the folder holding the run folders")
-    parser.add_argument("--out", type=Path, help="output folder (default RUNS/report)")
-    parser.add_argument("--split", choices=["test", "val"], default="test")
-    parser.add_argument("--no-spy", action="store_true", help="skip the per-run spy plots")
-    parser.add_argument(
-        "--latency-rounds", type=int, default=0,
-        help="> 0: time dense vs compacted models for the latency figure",
-    )  # fmt: skip
-    parser.add_argument(
-        "--latency-size", type=int, nargs=2, metavar=("H", "W"),
-        help="input size of the latency timing (default: each run's image size)",
-    )  # fmt: skip
-    options = parser.parse_args(args)
-    result = report(
-        options.runs,
-        options.out,
-        options.split,
-        not options.no_spy,
-        options.latency_rounds,
-        tuple(options.latency_size) if options.latency_size else None,
-    )
-    print((result.out / "table.md").read_text())
-    for name, why in result.left_out.items():
-        print(f"left out {name}: {why}")
-    for note in result.notes:
-        print(note)
-    print(f"report: {result.out / 'report.md'} (tables, {len(result.figures)} figures)")
-
-
 def _data(args: Sequence[str]) -> None:
+    """Dataset checks: `data check --data nyuv2|celebamask --root DIR` reports every problem."""
     from datamodules.check import main as check_main
 
     sys.exit(check_main(list(args)))
 
 
-JOBS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
-    "run": (_run, "fit ARGS, test the best checkpoint, result.json; resumes/skips its folder"),
-    "sweep": (_sweep, "FILE: run a sweep file's grid here, resumable (or `wandb sweep FILE`)"),
-    "report": (_report, "RUNS: tables (md/csv) and figures (png) of a folder of runs"),
-    "meta": (_meta, "--config FILE: meta-train λ (MetaSparsityModule), then meta-test, table"),
-    "lomt": (_lomt, "--config FILE: LOMT stage 1 → tap selection → LOMT vs conventional"),
-    "bench": (_bench, "prox cost vs AdamW and in a training step; data loader vs training"),
-    "data": (_data, "data check --data nyuv2|celebamask --root DIR: report every problem"),
-    "compact": (_compact, "--ckpt FILE --out DIR: remove zero channel groups, save/export"),
+def _compacted(result: Compacted) -> None:
+    """Compact a checkpoint's model (drop its zero channel groups); save it, optionally export."""
+    print(result.report.summary)
+    print(f"wrote {', '.join(str(path) for path in result.files)}")
+
+
+#: the job subcommands, in help order; dispatch and `lightning-mtl --help` both come from here
+JOBS: dict[str, Job] = {
+    "run": Job(_run, parses_itself=True),
+    "sweep": Job(_sweep, positional=True),
+    "report": Job(_report, positional=True),
+    "meta": Job(_meta, parses_itself=True),
+    "lomt": Job(LOMTOptions, then=_lomt),
+    "bench": Job(_bench, parses_itself=True),
+    "data": Job(_data, parses_itself=True),
+    "compact": Job(compact_checkpoint, then=_compacted),
 }
 
-HELP = """usage: lightning-mtl SUBCOMMAND [options]
 
-Parsimonious multi-task vision models with group-lasso sparsity, on PyTorch Lightning.
+def training_subcommands() -> dict[str, str]:
+    """LightningCLI's subcommands (fit, validate, …) → the summary of their Trainer method."""
+    return {name: _summary(getattr(Trainer, name)) for name in LightningCLI.subcommands()}
 
-training (LightningCLI: --config FILE, --print_config, dotted overrides; `SUBCOMMAND --help`):
-  fit        train and validate           lightning-mtl fit --config experiments/synthetic.yaml
-  validate   evaluate on the val split    lightning-mtl validate --config … --ckpt_path …
-  test       evaluate on the test split   lightning-mtl test --config … --ckpt_path …
-  predict    predict on the predict split lightning-mtl predict --config … --ckpt_path …
+
+def _summary(function: Callable[..., Any]) -> str:
+    """The first sentence of `function`'s docstring."""
+    paragraph = (inspect.getdoc(function) or "").split("\n\n")[0].replace("\n", " ")
+    return paragraph.split(". ")[0].removesuffix(".") + "."
+
+
+def help_text() -> str:
+    """`lightning-mtl --help`: the training subcommands and the jobs, each with its summary."""
+
+    def rows(summaries: dict[str, str]) -> str:
+        return "\n".join(f"  {name:<10} {summary}" for name, summary in summaries.items())
+
+    jobs = {name: job.summary for name, job in JOBS.items()}
+    return f"""usage: {PROG} SUBCOMMAND [options]
+
+Parsimonious multi-task vision models with group-lasso sparsity, on PyTorch Lightning. Every
+subcommand takes --config FILE, --print_config and dotted options (`--model.lambda_ 0.01`);
+`{PROG} SUBCOMMAND --help` lists its options.
+
+training (LightningCLI):
+{rows(training_subcommands())}
 
 jobs:
-{jobs}
+{rows(jobs)}
 """
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run the subcommand `argv` (default `sys.argv[1:]`) names; exit status 2 on an unknown one."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
-        jobs = "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in JOBS.items())
-        print(HELP.format(jobs=jobs))
+        print(help_text())
         return
+    name = args[0]
+    # options before any subcommand are LightningCLI's (`--config FILE` holding `fit: …`)
+    if name not in JOBS and name not in LightningCLI.subcommands() and not name.startswith("-"):
+        names = ", ".join([*LightningCLI.subcommands(), *JOBS])
+        print(f"usage: {PROG} SUBCOMMAND [options]", file=sys.stderr)
+        print(f"{PROG}: error: unknown subcommand {name!r}; choose one of {names}", file=sys.stderr)
+        sys.exit(2)
     with _argv_consumed():
-        if args[0] in JOBS:
-            JOBS[args[0]][0](args[1:])
+        if name in JOBS:
+            JOBS[name].run(name, args[1:])
         else:
             build_cli(args)
 

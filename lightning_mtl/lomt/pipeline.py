@@ -7,7 +7,6 @@ runs, so an interrupted pipeline resumes where it stopped.
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import statistics
@@ -16,18 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import matplotlib.pyplot as plt
 import torch
 import yaml
 
-from lightning_mtl.benchmarks.compaction import latency_ms
+from lightning_mtl.benchmarks.timing import latency_ms
 from lightning_mtl.lomt.selection import TaskProfile, profile_plot, select_taps
 from lightning_mtl.modules import MultiTaskLightningModule
 from lightning_mtl.pipelines.fit import LightningMTLCLI, build_cli
 from lightning_mtl.pipelines.run import run_to_completion
+from lightning_mtl.reporting.figures import save_figure
 from lightning_mtl.reporting.tables import delta_m
 from lightning_mtl.runs import read_result
 from lightning_mtl.sparsity import macs_and_params, sparsity_stats
+from lightning_mtl.tables import markdown_table, write_csv
 
 STAGES: tuple[str, ...] = ("stage1", "select", "stage2")
 
@@ -195,8 +195,7 @@ def select(options: LOMTOptions, root: Path) -> dict[str, str]:
     )
     for task, profile in profiles.items():
         fig = profile_plot(profile, taps[task], options.selection.threshold)
-        fig.savefig(root / "profiles" / f"{task}.png", dpi=120)
-        plt.close(fig)
+        save_figure(fig, root / "profiles" / f"{task}.png", dpi=120)
     fragment = {"model": {"taps": taps, "tap_output": options.stage2.tap_output}}
     (root / "stage2.yaml").write_text(
         "# LOMT stage-2 taps chosen by `lightning-mtl lomt` (rule or selection.taps)\n"
@@ -242,25 +241,21 @@ def compare(options: LOMTOptions, root: Path) -> list[dict[str, Any]]:
 
 def write_comparison(rows: Sequence[Mapping[str, Any]], root: Path) -> None:
     """`comparison.csv` (every value) and `comparison.md` (one table per combination)."""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    with open(root / "comparison.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, root / "comparison.csv")
     lines = []
     for label in dict.fromkeys(row["combination"] for row in rows):
         group = [row for row in rows if row["combination"] == label]
         metrics = [k for k in group[0] if k.startswith("test/") and not k.endswith(" std")]
         header = ["model", *metrics, "Δm %", "params", "MACs", "latency ms"]
-        lines += [f"### {label}", "", "| " + " | ".join(header) + " |"]
-        lines.append("|" + "---|" + "---:|" * (len(header) - 1))
+        body = []
         for row in group:
             cells = [row["model"]]
             cells += [f"{row[m]:.4f} ± {row[m + ' std']:.4f}" for m in metrics]
             cells += [f"{row['delta_m_pct']:+.2f}", f"{row['params']:,}", f"{row['macs']:,}"]
             cells.append(f"{row['latency_ms']:.2f}")
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+            body.append(cells)
+        table = markdown_table(header, body, align="-" + "r" * (len(header) - 1))
+        lines += [f"### {label}", "", table, ""]
     (root / "comparison.md").write_text("\n".join(lines))
 
 

@@ -14,15 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
-import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
+from lightning_mtl.reporting.figures import profile_spy_plot
 from lightning_mtl.sparsity.stats import SparsityStats
 
 DEFAULT_THRESHOLD = 0.01
@@ -277,50 +271,12 @@ def select_taps(
 def profile_plot(
     profile: TaskProfile, tap: str | None = None, threshold: float = DEFAULT_THRESHOLD
 ) -> Figure:
-    """Spy plot of one task's profile: one row per conv (forward order, top down), one column per
-    seed, grey level = live fraction (black = all groups live).
-
-    Inactive convs have red names and a red cross in the right-hand column of per-conv minimum
-    live fraction (the dashed line is the threshold); the tap, when given, is boxed in blue and
-    named in the title.
-    """
+    """Spy plot of one task's profile (`reporting.figures.profile_spy_plot`): one row per conv,
+    one column per seed, the convs inactive at `threshold` in red, `tap` (if given) boxed."""
     active = active_layers(profile, threshold)
     if tap is not None and tap not in profile.layers:
         raise ValueError(f"tap {tap!r} is not a conv of the profile of task {profile.task}")
-    image = np.array(list(profile.seeds.values())).T  # layers × seeds
-    n_layers, n_seeds = image.shape
-    height = max(3.0, 0.14 * n_layers + 1.2)
-    fig, (ax, bar) = plt.subplots(
-        1,
-        2,
-        figsize=(3.5 + 0.4 * n_seeds, height),
-        gridspec_kw={"width_ratios": [max(n_seeds, 2), 2]},
-        sharey=True,
-    )
-    ax.imshow(image, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_yticks(range(n_layers), profile.layers, fontsize=6)
-    for label, is_active in zip(ax.get_yticklabels(), active, strict=True):
-        label.set_color("black" if is_active else "red")
-    ax.set_xticks(range(n_seeds), [str(seed) for seed in profile.seeds], fontsize=7)
-    ax.set_xlabel("seed")
-    minimum = image.min(axis=1)
-    bar.barh(range(n_layers), minimum, color=["0.3" if a else "red" for a in active])
-    inactive_rows = [i for i, is_active in enumerate(active) if not is_active]
-    bar.plot([0.0] * len(inactive_rows), inactive_rows, "x", color="red", markersize=4)
-    bar.axvline(threshold, color="red", linestyle="--", linewidth=0.8)
-    bar.set_xlim(0, 1)
-    bar.set_xlabel("min live fraction")
-    title = f"{profile.task}: live input groups"
-    if tap is not None:
-        row = profile.layers.index(tap)
-        ax.add_patch(
-            Rectangle((-0.5, row - 0.5), n_seeds, 1, fill=False, edgecolor="tab:blue", linewidth=2)
-        )
-        ax.get_yticklabels()[row].set_fontweight("bold")
-        title += f" (tap {tap})"
-    ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    return fig
+    return profile_spy_plot(profile.task, profile.layers, profile.seeds, active, threshold, tap)
 
 
 def _check_threshold(threshold: float) -> None:

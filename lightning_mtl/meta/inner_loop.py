@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
-from lightning_mtl.sparsity.groups import group_size
-from lightning_mtl.sparsity.prox import group_lasso_euclidean, group_sum
+from lightning_mtl.sparsity.groups import group_size, group_sum
+from lightning_mtl.sparsity.operators import group_lasso_euclidean
 
 INNER_SPARSITY: tuple[str, ...] = ("prox", "penalty")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_mtl.meta.module import MetaSparsityModule
 from lightning_mtl.sparsity import ProxAdamW, sparsity_stats
+from lightning_mtl.tables import markdown_table, write_csv
 from lightning_mtl.tasks import TargetSpec, build_task
 
 
@@ -139,17 +139,13 @@ def meta_test(
 def _write_tables(rows: list[dict[str, Any]], main_metrics: Mapping[str, str], out: Path) -> None:
     """Every value as CSV; the main metric of each task as a Markdown table."""
     out.mkdir(parents=True, exist_ok=True)
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(out / "meta_test.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, out / "meta_test.csv")
     metric_columns = [f"test/{task}/{metric}" for task, metric in main_metrics.items()]
     header = ["phase", "init", "tasks", "λ", "% groups zero", "% params zero", *metric_columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body = []
     for row in rows:
         cells = [row["phase"], row["init"], row["tasks"], f"{row['lambda']:.3g}"]
         cells += [f"{row['group_pct']:.1f}", f"{row['param_pct']:.1f}"]
         cells += [f"{row[c]:.4f}" if c in row else "" for c in metric_columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    (out / "meta_test.md").write_text("\n".join(lines) + "\n")
+        body.append(cells)
+    (out / "meta_test.md").write_text(markdown_table(header, body) + "\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import OptimizerCallable
@@ -14,10 +14,14 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lightning_mtl.meta.inner_loop import INNER_SPARSITY, adapt, group_lasso
+from lightning_mtl.modules.base import MultiTaskModuleBase
 from lightning_mtl.modules.finite import check_finite_losses
 from lightning_mtl.modules.multitask import MultiTaskLightningModule
-from lightning_mtl.sparsity import ProxAdamW, live_groups
-from lightning_mtl.tasks import TargetSpec, Task
+from lightning_mtl.sparsity import GroupSparsity, ProxAdamW, live_groups
+from lightning_mtl.sparsity.config import ProxMetric
+from lightning_mtl.sparsity.groups import GroupBy
+from lightning_mtl.targets import TargetSpec
+from lightning_mtl.tasks import Task
 
 #: One meta-task of a meta-batch: its task keys and a support and a query batch.
 MetaTask = Mapping[str, Any]
@@ -33,7 +37,7 @@ class MetaLoss:
     buffers: dict[str, Tensor]  # BN running stats after the query passes, meta-task mean
 
 
-class MetaSparsityModule(MultiTaskLightningModule):
+class MetaSparsityModule(MultiTaskModuleBase):
     """Meta-sparsity: the shared weights θ and the sparsity strength λ = exp(ρ) meta-learned.
 
     Each training batch is a meta-batch (`datamodules.MetaTaskDataModule`): B meta-tasks (task
@@ -62,7 +66,7 @@ class MetaSparsityModule(MultiTaskLightningModule):
             Its derivative Ω > 0 only pushes λ down, so it is off by default.
         optimizer: outer optimizer factory; `ProxAdamW` applies the outer prox.
         rho_lr: outer learning rate of ρ.
-        prox: outer prox, `adaptive` (Adam's metric) or `euclidean`.
+        prox_metric: metric of the outer prox, `adaptive` (Adam's) or `euclidean`.
         group_by, sparse_layers: as `MultiTaskLightningModule`.
     """
 
@@ -77,30 +81,31 @@ class MetaSparsityModule(MultiTaskLightningModule):
         per_layer_lambda: bool = False,
         inner_steps: int = 1,
         inner_lr: float = 1e-2,
-        inner_sparsity: str = "prox",
+        inner_sparsity: Literal["prox", "penalty"] = "prox",
         first_order: bool = False,
         explicit_penalty: bool = False,
         optimizer: OptimizerCallable = ProxAdamW,
         rho_lr: float = 1e-2,
-        prox: str = "adaptive",
-        group_by: str = "in_channel",
+        prox_metric: ProxMetric = "adaptive",
+        group_by: GroupBy = "in_channel",
         sparse_layers: str | None = None,
     ) -> None:
         _check_meta_options(lambda_init, inner_steps, inner_lr, inner_sparsity, rho_lr)
         super().__init__(
-            tasks=tasks,
-            targets=targets,
+            tasks,
+            targets,
             backbone=backbone,
             backbone_options=backbone_options,
             head_channels=head_channels,
-            weighting="equal",
+            sparsity=GroupSparsity(
+                lambda_=lambda_init,
+                prox_metric=prox_metric,
+                group_by=group_by,
+                layers=sparse_layers,
+            ),
             optimizer=optimizer,
-            lambda_=lambda_init,
-            prox=prox,
-            group_by=group_by,
-            sparse_layers=sparse_layers,
+            per_layer_groups=per_layer_lambda,
         )
-        self.hparams.clear()  # the parent recorded its own arguments; keep this class's
         self.save_hyperparameters(ignore=["optimizer"])
         self.automatic_optimization = False
         shape = (len(self.sparse_names),) if per_layer_lambda else ()
@@ -141,7 +146,7 @@ class MetaSparsityModule(MultiTaskLightningModule):
             "backbone_options": hp.backbone_options,
             "head_channels": hp.head_channels,
             "lambda_": self.current_lambda,
-            "prox": hp.prox,
+            "prox_metric": hp.prox_metric,
             "group_by": hp.group_by,
             "sparse_layers": hp.sparse_layers,
         }
@@ -243,10 +248,9 @@ class MetaSparsityModule(MultiTaskLightningModule):
         ]
         self._apply_reduced(named, grads, result.buffers)
         self._log_step(result, len(meta_batch))  # before zero_grad clears ρ's gradient
-        lambdas = self.layer_lambdas()
-        for group in self._sparse_param_groups():
-            layer = group.get("layer", self.sparse_names[0])  # one group: λ is a scalar
-            group["lambda_"] = float(lambdas[layer].detach())
+        lambdas = {name: float(lam.detach()) for name, lam in self.layer_lambdas().items()}
+        for optimizer in self.prox_optimizers():
+            optimizer.set_lambda(lambdas)
         self.optimizers().step()
         self.optimizers().zero_grad()
         self._warn_if_all_dead()
@@ -299,16 +303,16 @@ class MetaSparsityModule(MultiTaskLightningModule):
 
     # -- optimisation ------------------------------------------------------------------------
 
-    def optimizer_param_groups(self) -> list[dict[str, Any]]:
-        """The MTL groups (one `sparse_convs/{name}` per conv when λ is per layer) plus `rho`."""
-        rho = {"name": "rho", "params": [self.rho], "lr": self.hparams.rho_lr, "lambda_": 0.0}
-        return [*super().optimizer_param_groups(), {**rho, "weight_decay": 0.0}]
-
-    def _split_sparse_group(self) -> bool:
-        return self.hparams.per_layer_lambda
-
-    def on_train_epoch_start(self) -> None:
-        """λ comes from ρ at every step; no warm-up switch."""
+    def extra_param_groups(self) -> dict[str, dict[str, Any]]:
+        """`rho`: ρ = log λ, with its own learning rate and no weight decay (λ = 0)."""
+        return {
+            "rho": {
+                "params": [self.rho],
+                "lr": self.hparams.rho_lr,
+                "lambda_": 0.0,
+                "weight_decay": 0.0,
+            }
+        }
 
 
 def _belongs_to(param_name: str, keys: Sequence[str]) -> bool:

@@ -1,6 +1,7 @@
-"""LightningModules."""
+"""LightningModules: a shared base and the multi-task module (meta: `lightning_mtl.meta`)."""
 
+from lightning_mtl.modules.base import PARAM_GROUPS, MultiTaskModuleBase
 from lightning_mtl.modules.finite import NonFiniteError
-from lightning_mtl.modules.multitask import PARAM_GROUPS, MultiTaskLightningModule
+from lightning_mtl.modules.multitask import MultiTaskLightningModule
 
-__all__ = ["PARAM_GROUPS", "MultiTaskLightningModule", "NonFiniteError"]
+__all__ = ["PARAM_GROUPS", "MultiTaskLightningModule", "MultiTaskModuleBase", "NonFiniteError"]

@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
@@ -87,10 +86,7 @@ def report(
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return figures.save_figure(fig, path, dpi=110, tight=True)
 
 
 def _load(row: Row):
@@ -104,10 +100,8 @@ def _load(row: Row):
 
 
 def _spy_plot(row: Row, run: RunLog, module, out: Path) -> Path:
-    from lightning_mtl.plots import spy_plot
-
     title = f"{row.dataset} {row.tasks} λ={format_lambda(row.lambda_)} seed {run.fields['seed']}"
-    fig = spy_plot(module.sparse_weights(), module.sparsity.group_by, title=title)
+    fig = figures.spy_plot(module.sparse_weights(), module.sparsity.group_by, title=title)
     return _save(fig, out / f"{run.folder.name}.png")
 
 
@@ -118,7 +112,7 @@ def _latency_point(
     model, batch 1 at `size`, timed in alternating rounds."""
     import copy
 
-    from lightning_mtl.benchmarks.compaction import latency_ms
+    from lightning_mtl.benchmarks.timing import latency_ms
     from lightning_mtl.sparsity import compact
 
     dense = module.model.eval()

@@ -1,10 +1,16 @@
-"""The papers' figures from the table rows: metric vs λ and sparsity vs λ (Fig. 3a/b), the
-sparsification profile over epochs per λ (Fig. 3c), per-layer live fractions and group spy
-plots (Fig. 3), latency vs sparsity (Fig. 3d). Each returns a matplotlib Figure."""
+"""Every figure of the project, each returned as a matplotlib Figure (`save_figure` writes one).
+
+From the report's table rows: metric vs λ and sparsity vs λ (Fig. 3a/b), the sparsification
+profile over epochs per λ (Fig. 3c), per-layer live fractions (Fig. 3) and speed-up vs
+sparsity (Fig. 3d). From weights and measurements: the group spy plot (`spy_plot`), a LOMT
+task profile (`profile_spy_plot`), the compaction benchmark's latency (`latency_plot`) and the
+validation samples (`samples_plot`). The non-interactive backend is selected here, once.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import matplotlib
 
@@ -12,10 +18,22 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from lightning_mtl.reporting.tables import Row, format_lambda, mean_std
+from lightning_mtl.sparsity.groups import NamedWeights, live_groups
+
+
+def save_figure(fig: Figure, path: str | Path, *, dpi: int, tight: bool = False) -> Path:
+    """Write `fig` to `path` (folders made as needed) and close it; `tight`: crop to content."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, **({"bbox_inches": "tight"} if tight else {}))
+    plt.close(fig)
+    return path
 
 
 def _series(rows: Sequence[Row]) -> dict[tuple[str, str], list[Row]]:
@@ -183,5 +201,118 @@ def latency_vs_sparsity(points: Mapping[str, Sequence[tuple[float, float, float]
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
     ax.set_title("compaction speed-up vs sparsity")
+    fig.tight_layout()
+    return fig
+
+
+def spy_plot(weights: NamedWeights, group_by: str = "in_channel", title: str = "") -> Figure:
+    """Live (dark) and zero (white) channel groups of every conv, one row per layer.
+
+    Rows are the convs in forward order; each row's groups are stretched to the widest layer so
+    all layers share the x axis (group index / number of groups). The right panel gives each
+    layer's fraction of live groups.
+    """
+    masks = [live_groups(w, group_by).cpu().numpy() for _, w in weights]
+    width = max(m.size for m in masks)
+    image = np.stack([m[(np.arange(width) * m.size) // width] for m in masks]).astype(float)
+    fractions = [m.mean() for m in masks]
+    height = max(3.0, 0.12 * len(masks) + 1.0)
+    fig, (ax, bar) = plt.subplots(
+        1, 2, figsize=(10, height), gridspec_kw={"width_ratios": [5, 1]}, sharey=True
+    )
+    ax.imshow(image, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks(range(len(weights)), [name for name, _ in weights], fontsize=6)
+    ax.set_xticks([0, width - 1], ["first", "last"])
+    ax.set_xlabel(f"{group_by.replace('_', ' ')} group (stretched per layer)")
+    ax.set_title(title or "live channel groups (dark)")
+    bar.barh(range(len(fractions)), fractions, color="0.3")
+    bar.set_xlim(0, 1)
+    bar.set_xlabel("live fraction")
+    fig.tight_layout()
+    return fig
+
+
+def profile_spy_plot(
+    task: str,
+    layers: Sequence[str],
+    seeds: Mapping[int, Sequence[float]],
+    active: Sequence[bool],
+    threshold: float,
+    tap: str | None = None,
+) -> Figure:
+    """Spy plot of one task's LOMT profile (`lightning_mtl.lomt.profile_plot` checks and calls
+    it): one row per conv (forward order, top down), one column per seed, grey level = live
+    fraction (black = all groups live).
+
+    Inactive convs have red names and a red cross in the right-hand column of per-conv minimum
+    live fraction (the dashed line is the threshold); the tap, when given, is boxed in blue and
+    named in the title.
+    """
+    image = np.array(list(seeds.values())).T  # layers × seeds
+    n_layers, n_seeds = image.shape
+    height = max(3.0, 0.14 * n_layers + 1.2)
+    fig, (ax, bar) = plt.subplots(
+        1,
+        2,
+        figsize=(3.5 + 0.4 * n_seeds, height),
+        gridspec_kw={"width_ratios": [max(n_seeds, 2), 2]},
+        sharey=True,
+    )
+    ax.imshow(image, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks(range(n_layers), layers, fontsize=6)
+    for label, is_active in zip(ax.get_yticklabels(), active, strict=True):
+        label.set_color("black" if is_active else "red")
+    ax.set_xticks(range(n_seeds), [str(seed) for seed in seeds], fontsize=7)
+    ax.set_xlabel("seed")
+    minimum = image.min(axis=1)
+    bar.barh(range(n_layers), minimum, color=["0.3" if a else "red" for a in active])
+    inactive_rows = [i for i, is_active in enumerate(active) if not is_active]
+    bar.plot([0.0] * len(inactive_rows), inactive_rows, "x", color="red", markersize=4)
+    bar.axvline(threshold, color="red", linestyle="--", linewidth=0.8)
+    bar.set_xlim(0, 1)
+    bar.set_xlabel("min live fraction")
+    title = f"{task}: live input groups"
+    if tap is not None:
+        row = list(layers).index(tap)
+        ax.add_patch(
+            Rectangle((-0.5, row - 0.5), n_seeds, 1, fill=False, edgecolor="tab:blue", linewidth=2)
+        )
+        ax.get_yticklabels()[row].set_fontweight("bold")
+        title += f" (tap {tap})"
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def latency_plot(results: Sequence[Mapping[str, float]]) -> Figure:
+    """The compaction benchmark's rows: latency (ms) vs % sparsity, dense dashed and compacted
+    solid, one colour per batch size."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for i, batch in enumerate(sorted({r["batch_size"] for r in results})):
+        rows = sorted((r for r in results if r["batch_size"] == batch), key=lambda r: r["sparsity"])
+        pct = [100 * r["sparsity"] for r in rows]
+        for kind, style in (("dense", "--o"), ("compacted", "-o")):
+            latencies = [r[f"latency_{kind}_ms"] for r in rows]
+            ax.plot(pct, latencies, style, color=f"C{i}", label=f"{kind}, batch {batch}")
+    ax.set_xlabel("% zero input groups")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def samples_plot(columns: Sequence[tuple[str, Sequence[torch.Tensor]]]) -> Figure:
+    """A grid of [3, H, W] pictures in [0, 1]: one titled column per (title, pictures), one row
+    per sample (every column holds one picture per sample)."""
+    rows = len(columns[0][1])
+    fig, axes = plt.subplots(
+        rows, len(columns), figsize=(1.6 * len(columns), 1.6 * rows), squeeze=False
+    )
+    for col, (title, column) in enumerate(columns):
+        axes[0, col].set_title(title, fontsize=7)
+        for row, picture in enumerate(column):
+            axes[row, col].imshow(picture.permute(1, 2, 0).clamp(0, 1).numpy())
+            axes[row, col].axis("off")
     fig.tight_layout()
     return fig

@@ -3,13 +3,13 @@ of every task metric, % group and % parameter sparsity, and Δm against single-t
 
 from __future__ import annotations
 
-import csv
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from lightning_mtl.reporting.logs import RunLog
+from lightning_mtl.tables import markdown_table, write_csv
 
 SPARSITY_KEYS: tuple[str, ...] = ("sparsity/group_pct", "sparsity/param_pct")
 
@@ -119,12 +119,7 @@ def write_tables(rows: Sequence[Row], out: Path) -> tuple[Path, Path]:
             record[key], record[f"{key} std"] = mean_std(row.values(key))
         record["delta_m_pct"] = row.delta_m
         records.append(record)
-    columns = list(dict.fromkeys(k for record in records for k in record))
-    csv_path = out / "table.csv"
-    with open(csv_path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(records)
+    csv_path = write_csv(records, out / "table.csv")
     md_path = out / "table.md"
     md_path.write_text(markdown(rows))
     return md_path, csv_path
@@ -138,8 +133,7 @@ def markdown(rows: Sequence[Row]) -> str:
         group = [r for r in rows if (r.dataset, r.tasks) == (dataset, tasks)]
         keys = [group[0].main(t)[0] for t in group[0].runs[0].tasks]
         header = ["penalty", "λ", "seeds", *keys, "% group sparsity", "% param sparsity", "Δm %"]
-        lines += [f"### {dataset}: {tasks}", "", "| " + " | ".join(header) + " |"]
-        lines.append("|---|---:|---:|" + "---:|" * (len(header) - 3))
+        body = []
         for row in group:
             cells = [row.penalty, format_lambda(row.lambda_), str(len(row.runs))]
             for key in [*keys, *SPARSITY_KEYS]:
@@ -147,8 +141,9 @@ def markdown(rows: Sequence[Row]) -> str:
                 digits = 2 if key in SPARSITY_KEYS else 4
                 cells.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
             cells.append("–" if row.delta_m is None else f"{row.delta_m:+.2f}")
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+            body.append(cells)
+        table = markdown_table(header, body, align="-" + "r" * (len(header) - 1))
+        lines += [f"### {dataset}: {tasks}", "", table, ""]
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""Group sparsity of the shared backbone: the prox optimizer, its operators and statistics."""
+"""Group sparsity of the shared backbone: the settings, the prox optimizer, its operators,
+statistics and compaction."""
 
 from lightning_mtl.sparsity.compact import (
     CompactionReport,
@@ -9,14 +10,21 @@ from lightning_mtl.sparsity.compact import (
     macs_and_params,
     save_compacted,
 )
+from lightning_mtl.sparsity.config import PROX_METRICS, GroupSparsity
 from lightning_mtl.sparsity.groups import conv_weights, group_size, live_groups
-from lightning_mtl.sparsity.optimizer import PENALTIES, PROXES, ProxAdamW
+from lightning_mtl.sparsity.operators import (
+    PROX_OPERATORS,
+    list_prox_operators,
+    register_prox_operator,
+)
+from lightning_mtl.sparsity.optimizer import ProxAdamW
 from lightning_mtl.sparsity.stats import SparsityStats, sparsity_stats
 
 __all__ = [
-    "PENALTIES",
-    "PROXES",
+    "PROX_METRICS",
+    "PROX_OPERATORS",
     "CompactionReport",
+    "GroupSparsity",
     "ProxAdamW",
     "SparsityStats",
     "compact",
@@ -24,9 +32,11 @@ __all__ = [
     "export_onnx",
     "export_torchscript",
     "group_size",
+    "list_prox_operators",
     "live_groups",
     "load_compacted",
     "macs_and_params",
+    "register_prox_operator",
     "save_compacted",
     "sparsity_stats",
 ]

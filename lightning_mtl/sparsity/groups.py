@@ -73,3 +73,17 @@ def as_named_weights(source: nn.Module | Mapping[str, Tensor] | Iterable) -> Nam
     for i, item in enumerate(source):
         named.append(item if isinstance(item, tuple) else (str(i), item))
     return named
+
+
+def group_sum(x: Tensor, group_by: str) -> Tensor:
+    """Per-group sums of a [O, I, kh, kw] tensor, shaped to broadcast against it.
+
+    Input-channel groups reduce over the outer dim, done as a matrix-vector product over the
+    contiguous rows: several times faster on CPU than a strided `sum(dim=(0, 2, 3))`.
+    """
+    check_group_by(group_by)
+    out_ch, in_ch = x.shape[:2]
+    if group_by == "out_channel":
+        return x.reshape(out_ch, -1).sum(1).view(out_ch, 1, 1, 1)
+    ones = x.new_ones(out_ch)
+    return (ones @ x.reshape(out_ch, -1)).view(in_ch, -1).sum(1).view(1, in_ch, 1, 1)

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from lightning_mtl.sparsity import prox as proxes
-from lightning_mtl.sparsity.groups import check_group_by, group_size
+from lightning_mtl.sparsity.config import PROX_METRICS
+from lightning_mtl.sparsity.groups import check_group_by
+from lightning_mtl.sparsity.operators import PROX_OPERATORS
 
-PROXES: tuple[str, ...] = ("adaptive", "euclidean")
-PENALTIES: tuple[str, ...] = ("group_lasso", "l1")
 #: The prox works on blocks of whole groups of about this many elements: the adaptive solver
 #: makes several passes over its scratch tensors, which then stay in the CPU cache.
 PROX_BLOCK_ELEMENTS = 1 << 19
@@ -25,17 +24,23 @@ class ProxAdamW(torch.optim.AdamW):
 
     The Adam(W) update is torch's own (same defaults, same decoupled weight decay), so with
     `lambda_=0` this *is* AdamW. Then, for every 4-D weight in a param group with `lambda_ > 0`
-    that received a gradient, the penalty's prox is applied with step α = lr:
+    that received a gradient, the prox operator of `penalty` (`sparsity.operators`) is applied
+    with step α = lr, in the metric `prox_metric`:
 
     - `penalty="group_lasso"` (λ Σ_g √p_g ‖W_g‖, groups chosen by `group_by`):
-      `prox="euclidean"` is the closed form W_g·max(0, 1 − α λ √p_g/‖W_g‖);
-      `prox="adaptive"` is the prox in Adam's own metric d = √v̂ + ε (the exact denominator of
-      the step just taken), see `prox.group_lasso_adaptive`.
+      `prox_metric="euclidean"` is the closed form W_g·max(0, 1 − α λ √p_g/‖W_g‖);
+      `prox_metric="adaptive"` is the prox in Adam's own metric d = √v̂ + ε (the exact
+      denominator of the step just taken), see `operators.group_lasso_adaptive`.
     - `penalty="l1"` (λ‖W‖₁) soft-thresholds each element by α λ (euclidean) or α λ / d_i.
 
     Because the prox lives in `step()`, it runs exactly once per real optimizer step: under
     gradient accumulation, AMP-skipped steps, DDP (identical on every rank) and resume.
     Every option may be overridden per param group; BN/bias/1-D params are never proxed.
+
+    λ is owned here: `lambdas()` reads it and `set_lambda` changes it (the warm-up, the
+    meta-sparsity outer step). A param group may name its weights with `layers` (conv names, one
+    per param) so λ can be read and set per conv; groups without `layers` are the sparse groups
+    only when no group names its layers (a plain `ProxAdamW(model.parameters(), …)`).
     """
 
     def __init__(
@@ -46,7 +51,7 @@ class ProxAdamW(torch.optim.AdamW):
         eps: float = 1e-6,
         weight_decay: float = 0.0,
         lambda_: float = 0.0,
-        prox: str = "adaptive",
+        prox_metric: str = "adaptive",
         group_by: str = "in_channel",
         penalty: str = "group_lasso",
         amsgrad: bool = False,
@@ -55,7 +60,7 @@ class ProxAdamW(torch.optim.AdamW):
     ) -> None:
         self._prox_defaults = {
             "lambda_": lambda_,
-            "prox": prox,
+            "prox_metric": prox_metric,
             "group_by": group_by,
             "penalty": penalty,
         }
@@ -76,7 +81,52 @@ class ProxAdamW(torch.optim.AdamW):
         for key, value in self._prox_defaults.items():
             param_group.setdefault(key, value)
         _check_prox_options(param_group)
+        layers = param_group.setdefault("layers", None)
+        if layers is not None:
+            params = param_group["params"]
+            count = 1 if isinstance(params, Tensor) else len(list(params))
+            if len(layers) != count:
+                raise ValueError(
+                    f"a param group's layers must name each of its {count} params, got {layers}"
+                )
+            param_group["layers"] = list(layers)
         super().add_param_group(param_group)
+
+    def lambdas(self) -> dict[str, float]:
+        """λ per named conv (`layers` of the param groups), in param-group order."""
+        return {
+            layer: float(group["lambda_"])
+            for group in self.param_groups
+            for layer in group["layers"] or ()
+        }
+
+    def set_lambda(self, value: float | Mapping[str, float]) -> None:
+        """Set λ: one value for every sparse group, or values by conv name.
+
+        Convs sharing a param group must get one value (build one group per conv for per-layer
+        λ); a name no group lists is an error.
+        """
+        named = [g for g in self.param_groups if g["layers"]]
+        if not isinstance(value, Mapping):
+            for group in named or self.param_groups:
+                group["lambda_"] = value
+                _check_prox_options(group)
+            return
+        known = [layer for g in named for layer in g["layers"]]
+        unknown = [k for k in value if k not in known]
+        if unknown:
+            raise ValueError(f"set_lambda: unknown layers {unknown}; the named layers are {known}")
+        for group in named:
+            given = {value[k] for k in group["layers"] if k in value}
+            if not given:
+                continue
+            if len(given) > 1 or any(k not in value for k in group["layers"]):
+                raise ValueError(
+                    f"set_lambda: layers {group['layers']} share one param group and need one "
+                    f"value, got { ({k: value.get(k) for k in group['layers']}) }"
+                )
+            group["lambda_"] = given.pop()
+            _check_prox_options(group)
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -104,15 +154,16 @@ class ProxAdamW(torch.optim.AdamW):
         """Prox one weight, a block of groups at a time so the solver's scratch stays in cache."""
         step_size = group["lr"] * group["lambda_"]
         group_by = group["group_by"]
+        operator = PROX_OPERATORS.get(group["penalty"])
         v = state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"]
         bias_correction2_sqrt = _bias_correction2_sqrt(group["betas"][1], state["step"])
         for block in _group_blocks(p.shape, group_by):
             view = p[block]
             z = view.contiguous()  # a copy only for input-channel blocks of a large layer
             d = None
-            if group["prox"] == "adaptive":  # √v̂ + ε, exactly the Adam step's denominator
+            if group["prox_metric"] == "adaptive":  # √v̂ + ε, exactly the Adam step's denominator
                 d = (v[block].sqrt() / bias_correction2_sqrt).add_(group["eps"])
-            result = _prox_(z, d, step_size, group["penalty"], group_by)
+            result = operator(z, d, step_size, group_by)
             if result is not view:  # the adaptive prox of a whole layer already wrote into p
                 view.copy_(result)
 
@@ -134,24 +185,15 @@ def _bias_correction2_sqrt(beta2: float, step: Tensor) -> float | Tensor:
     return (1 - beta2**step).sqrt()
 
 
-def _prox_(z: Tensor, d: Tensor | None, step_size: float, penalty: str, group_by: str) -> Tensor:
-    """The prox of `penalty` in the metric `d` (None = euclidean); may work in place on z, d."""
-    if penalty == "l1":
-        return proxes.l1(z, step_size if d is None else step_size / d)
-    threshold = step_size * math.sqrt(group_size(z, group_by))
-    if d is None:
-        return proxes.group_lasso_euclidean(z, threshold, group_by)
-    return proxes.group_lasso_adaptive_(z, d, threshold, group_by)
-
-
 def _check_prox_options(group: dict[str, Any]) -> None:
     lam = group["lambda_"]
     if isinstance(lam, Tensor):
         lam = float(lam)
     if not math.isfinite(lam) or lam < 0:
         raise ValueError(f"lambda_ must be a finite number >= 0, got {group['lambda_']!r}")
-    if group["prox"] not in PROXES:
-        raise ValueError(f"unknown prox {group['prox']!r}; allowed: {list(PROXES)}")
-    if group["penalty"] not in PENALTIES:
-        raise ValueError(f"unknown penalty {group['penalty']!r}; allowed: {list(PENALTIES)}")
+    if group["prox_metric"] not in PROX_METRICS:
+        raise ValueError(
+            f"unknown prox_metric {group['prox_metric']!r}; allowed: {list(PROX_METRICS)}"
+        )
+    PROX_OPERATORS.get(group["penalty"])  # the error lists the registered penalties
     check_group_by(group["group_by"])

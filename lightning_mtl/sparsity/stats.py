@@ -56,3 +56,23 @@ def sparsity_stats(
         num_params=num_params,
         layers=layers,
     )
+
+
+def dead_groups_warning(
+    source: nn.Module | Mapping[str, Tensor] | Iterable,
+    group_by: str,
+    at: str,
+    lambda_: float | None = None,
+    advice: str = "lower λ (or start the prox later) for a useful model",
+) -> str | None:
+    """The one warning that every channel group of `source`'s grouped convs is zero (λ too
+    large), or None while some group is live. `at` says when (`"epoch 3"`, `"step 120"`),
+    `lambda_` is the λ applied then and `advice` what to change."""
+    if any(bool(live_groups(w, group_by).any()) for _, w in as_named_weights(source)):
+        return None
+    lam = "?" if lambda_ is None else f"{lambda_:.3g}"
+    return (
+        f"every channel group of the grouped convs is zero at {at} (λ={lam}): the backbone "
+        "passes nothing on and the heads predict from their biases alone. Training goes on; "
+        f"{advice}."
+    )

@@ -9,9 +9,12 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 
 from lightning_mtl.metrics import DepthAbsError, DepthRelError, DepthRMSE, check_same_shape
+from lightning_mtl.targets import target_kind
 from lightning_mtl.tasks.base import Task, loss_precision, masked_mean, register_task
 
 DepthLoss = Literal["mse", "l1"]
+#: the valid entries of a target (depth > 0), by the target-kind table
+_valid = target_kind("depth").valid
 
 
 @register_task("depth")
@@ -45,7 +48,7 @@ class DepthTask(Task):
         check_same_shape(pred, target)
         diff = loss_precision(pred) - target
         error = diff.square() if self.loss_name == "mse" else diff.abs()
-        return masked_mean(error, target > 0)
+        return masked_mean(error, _valid(target))
 
     def build_metrics(self) -> MetricCollection:
         # compute_groups=False: see MeanOfValues (equal first-batch states must not merge)
@@ -57,7 +60,7 @@ class DepthTask(Task):
     def visualize(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Grey images on the target's valid depth range (far = bright); invalid target black."""
         pred, target = pred.detach().float().cpu(), target.detach().float().cpu()
-        valid = target > 0
+        valid = _valid(target)
         ref = target[valid] if valid.any() else pred
         lo, hi = ref.min(), ref.max()
 

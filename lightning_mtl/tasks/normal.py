@@ -15,7 +15,11 @@ from lightning_mtl.metrics import (
     NormalWithinAngle,
     check_same_shape,
 )
+from lightning_mtl.targets import target_kind
 from lightning_mtl.tasks.base import Task, loss_precision, masked_mean, register_task
+
+#: the valid pixels of a target (normal not all-zero), by the target-kind table
+_valid = target_kind("normal").valid
 
 
 @register_task("normal")
@@ -48,7 +52,7 @@ class NormalTask(Task):
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         check_same_shape(pred, target)
         cos = (F.normalize(loss_precision(pred), dim=1) * target).sum(1)
-        return masked_mean(1 - cos, (target != 0).any(1))
+        return masked_mean(1 - cos, _valid(target))
 
     def build_metrics(self) -> MetricCollection:
         # compute_groups=False: see MeanOfValues (equal first-batch states must not merge)
@@ -70,5 +74,5 @@ class NormalTask(Task):
     def visualize(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """(n + 1) / 2 as RGB; invalid target pixels black."""
         pred, target = pred.detach().float().cpu(), target.detach().float().cpu()
-        valid = (target != 0).any(0, keepdim=True)
+        valid = _valid(target)
         return (F.normalize(pred, dim=0) + 1) / 2, ((target + 1) / 2) * valid

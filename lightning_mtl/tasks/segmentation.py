@@ -11,8 +11,11 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from lightning_mtl.metrics import PerImageMicroIoU
-from lightning_mtl.targets import IGNORE_INDEX, TargetSpec
+from lightning_mtl.targets import IGNORE_INDEX, TargetSpec, target_kind
 from lightning_mtl.tasks.base import Task, loss_precision, masked_mean, register_task
+
+#: the labelled pixels of a target (not `IGNORE_INDEX`), by the target-kind table
+_labelled = target_kind("seg").valid
 
 
 def label_palette(num_classes: int) -> Tensor:
@@ -60,7 +63,7 @@ class SegmentationTask(Task):
         ce = F.cross_entropy(
             loss_precision(pred), target, ignore_index=IGNORE_INDEX, reduction="none"
         )
-        return masked_mean(ce, target != IGNORE_INDEX)
+        return masked_mean(ce, _labelled(target))
 
     def build_metrics(self) -> MetricCollection:
         n, ignore = self.num_classes, IGNORE_INDEX
@@ -78,7 +81,7 @@ class SegmentationTask(Task):
     def visualize(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         labels = pred.detach().argmax(0).cpu()
         target = target.detach().cpu()
-        target = torch.where(target == IGNORE_INDEX, self.num_classes, target)
+        target = torch.where(_labelled(target), target, self.num_classes)
         return self._colours[labels].permute(2, 0, 1), self._colours[target].permute(2, 0, 1)
 
     @classmethod

@@ -1,0 +1,65 @@
+"""What `lightning-mtl bench` measures and at which sizes: one options dataclass for every part."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+#: the tasks of every part's model (NYU-v2's seg, depth, normal) and their output channels
+TASKS: dict[str, int] = {"seg": 13, "depth": 1, "normal": 3}
+
+
+@dataclass
+class BenchOptions:
+    """`lightning-mtl bench` options (`--config FILE`, `--print_config`).
+
+    Args:
+        parts: comma-separated parts to run (prox, data, compaction, meta).
+        backbone: the dilated ResNet of the prox, data and compaction parts.
+        image_size: side of the square inputs.
+        batch_size: batch of the training steps.
+        head_channels: channels of the seg, depth and normal heads.
+        data_size: (H, W) of the data part's images.
+        data_workers: loader worker processes of the data part.
+        data_images: synthetic NYU-v2 images of the data part.
+        plot: where the compaction part writes its latency plot.
+        checkpoint: a trained checkpoint: the compaction part also compacts its backbone (a
+            trained profile).
+        device: where everything runs.
+        rounds: interleaved timing rounds.
+        min_run_time: seconds per timing.
+        meta_backbone: the meta part's own (smaller) model: meta-sparsity outer step vs MTL step.
+        meta_width: stem/first-stage channels (ResNet: 64).
+        meta_layers: blocks per stage (ResNet-50: 3 4 6 3).
+        meta_head_channels: channels of the meta part's heads.
+        meta_image_size: side of the meta part's square inputs.
+        meta_batch_size: b: MTL batch = support = query size.
+        meta_configs: outer steps to time, BxK[fo]: B meta-tasks x K inner steps, `fo` = first
+            order.
+        meta_warmup: untimed steps per config.
+        meta_rounds: timed steps per config.
+    """
+
+    parts: str = "prox,data,compaction,meta"
+    backbone: str = "resnet50"
+    image_size: int = 256
+    batch_size: int = 2
+    head_channels: int = 256
+    data_size: tuple[int, int] = (288, 384)
+    data_workers: int = 2
+    data_images: int = 64
+    plot: str = "latency_vs_sparsity.png"
+    checkpoint: str | None = None
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    rounds: int = 5
+    min_run_time: float = 1.0
+    meta_backbone: str = "resnet50"
+    meta_width: int = 16
+    meta_layers: tuple[int, int, int, int] = (1, 1, 1, 1)
+    meta_head_channels: int = 64
+    meta_image_size: int = 48
+    meta_batch_size: int = 2
+    meta_configs: list[str] = field(default_factory=lambda: ["2x1", "4x1", "2x2", "2x1fo"])
+    meta_warmup: int = 1
+    meta_rounds: int = 3

@@ -1,0 +1,72 @@
+"""The one way anything is timed: medians of `torch.utils.benchmark.Timer`, compared statements
+in interleaved rounds (so that drifting machine load hits them alike), and a step timer for
+Lightning fits."""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from collections.abc import Callable, Mapping
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.benchmark import Timer
+
+#: measures one statement: (statement, min_run_time in s) → ms
+Measure = Callable[[Callable[[], object], float], float]
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the work queued on `device` (a no-op off CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn: Callable[[], object], min_run_time: float) -> float:
+    """Median ms of `fn()` over `Timer.blocked_autorange` blocks of at least `min_run_time` s."""
+    timer = Timer("fn()", globals={"fn": fn})
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def interleaved_ms(
+    fns: Mapping[str, Callable[[], object]],
+    rounds: int,
+    min_run_time: float,
+    measure: Measure = median_ms,
+) -> dict[str, float]:
+    """Per statement, the median over `rounds` rounds of `measure(fn, min_run_time)`; each round
+    measures every statement once, in the order given."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(measure(fn, min_run_time))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def latency_ms(
+    models: Mapping[str, nn.Module], x: torch.Tensor, rounds: int = 5, min_run_time: float = 0.2
+) -> dict[str, float]:
+    """Median inference latency (ms) of each model on `x` (`interleaved_ms`, inference mode)."""
+    with torch.inference_mode():
+        fns = {key: functools.partial(model, x) for key, model in models.items()}
+        return interleaved_ms(fns, rounds, min_run_time)
+
+
+class StepTimer(L.Callback):
+    """ms of every training batch: `training_step` and, under automatic optimization,
+    Lightning's backward and optimizer step (all that happens between the two hooks)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, *args: object) -> None:
+        sync(self.device)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, *args: object) -> None:
+        sync(self.device)
+        self.times.append(1e3 * (time.perf_counter() - self._start))

@@ -1,0 +1,287 @@
+"""MultiTaskModuleBase: what every multi-task LightningModule here shares.
+
+The tasks, the network (from `build_multitask_model`), the grouped convs and their sparsity
+settings, the optimizer param groups, evaluation (val/test/predict steps and metrics), the
+non-finite-gradient stop, the checkpoint architecture check and exact-resume RNG bookkeeping.
+Subclasses add how they train: `MultiTaskLightningModule` (weighted losses, automatic
+optimisation, warm-up) and `MetaSparsityModule` (meta-learned λ, manual optimisation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lightning_mtl.callbacks import RNGStateCheckpoint
+from lightning_mtl.metrics import BatchWeightedMean
+from lightning_mtl.models.builder import build_multitask_model
+from lightning_mtl.modules.finite import check_finite_grads
+from lightning_mtl.sparsity import GroupSparsity, ProxAdamW, conv_weights
+from lightning_mtl.sparsity.groups import NamedWeights
+from lightning_mtl.targets import TargetSpec
+from lightning_mtl.tasks import Task, build_task
+
+__all__ = ["PARAM_GROUPS", "MultiTaskModuleBase"]
+
+#: Optimizer param groups the modules build, in order. `param_groups` overrides them by name.
+PARAM_GROUPS: tuple[str, ...] = ("sparse_convs", "backbone", "heads", "loss_weights")
+#: What must agree between a checkpoint and the module it is loaded into.
+_ARCHITECTURE_KEYS = ("tasks", "backbone", "backbone_options", "head_channels", "taps")
+
+
+class MultiTaskModuleBase(L.LightningModule):
+    """Tasks, network, grouped convs, param groups and evaluation of a multi-task module.
+
+    Args:
+        tasks: task keys or `Task` objects (resolved against `targets`).
+        targets: what the datamodule provides (`datamodule.targets`).
+        backbone, backbone_options, head_channels, taps, tap_output: the network, as
+            `build_multitask_model` takes them.
+        sparsity: the group-sparsity settings.
+        per_layer_groups: one `sparse_convs/{conv}` param group per grouped conv (per-layer λ);
+            default: when `sparsity.layer_lambdas` is set.
+        optimizer, lr_scheduler: factories taking param groups / the optimizer.
+        param_groups: per-group optimizer overrides by group name (see `PARAM_GROUPS`).
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[str | Task],
+        targets: Mapping[str, TargetSpec] | None,
+        *,
+        backbone: str,
+        backbone_options: Mapping[str, Any] | None,
+        head_channels: int,
+        sparsity: GroupSparsity,
+        optimizer: OptimizerCallable,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        param_groups: Mapping[str, Mapping[str, float]] | None = None,
+        per_layer_groups: bool | None = None,
+        taps: Mapping[str, str] | None = None,
+        tap_output: str = "conv",
+    ) -> None:
+        super().__init__()
+        unknown = sorted(set(param_groups or {}) - set(PARAM_GROUPS))
+        if unknown:
+            raise ValueError(
+                f"param_groups has unknown groups {unknown}; the groups are {list(PARAM_GROUPS)}"
+            )
+        self.sparsity = sparsity
+        self.tasks: dict[str, Task] = _resolve_tasks(tasks, targets or {})
+        self.model = build_multitask_model(
+            self.tasks,
+            backbone=backbone,
+            backbone_options=backbone_options,
+            head_channels=head_channels,
+            taps=taps,
+            tap_output=tap_output,
+        )
+        self.sparse_names = [name for name, _ in conv_weights(self.model, sparsity.layers)]
+        sparsity.check_layers(self.sparse_names)
+        self.per_layer_groups = (
+            sparsity.layer_lambdas is not None if per_layer_groups is None else per_layer_groups
+        )
+        self.param_group_overrides = dict(param_groups or {})
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.val_metrics = nn.ModuleDict(
+            {k: t.build_metrics().clone(prefix=f"val/{k}/") for k, t in self.tasks.items()}
+        )
+        self.test_metrics = nn.ModuleDict(
+            {k: t.build_metrics().clone(prefix=f"test/{k}/") for k, t in self.tasks.items()}
+        )
+        # the val/test losses by logged name ("val/loss", "val/seg/loss", …): see _log_loss
+        self.eval_losses = nn.ModuleDict(
+            {
+                name: BatchWeightedMean()
+                for split in ("val", "test")
+                for name in (f"{split}/loss", *(f"{split}/{k}/loss" for k in self.tasks))
+            }
+        )
+
+    # -- model -------------------------------------------------------------------------------
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        return self.model(images)
+
+    def sparse_weights(self) -> NamedWeights:
+        """The grouped conv weights (name, tensor), forward order — what the prox acts on."""
+        convs = dict(self.model.backbone.conv_layers())
+        return [(name, convs[name].weight) for name in self.sparse_names]
+
+    def configured_lambdas(self) -> dict[str, float]:
+        """λ per grouped conv once any warm-up is over."""
+        return self.sparsity.lambdas(self.sparse_names)
+
+    def prox_optimizers(self) -> list[ProxAdamW]:
+        """The `ProxAdamW`s a Trainer has built for this module (none outside a Trainer)."""
+        optimizers = self._trainer.optimizers if self._trainer is not None else []
+        return [o for o in optimizers if isinstance(o, ProxAdamW)]
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def task_losses(self, batch: Mapping[str, Tensor]) -> tuple[dict, dict[str, Tensor]]:
+        """Predictions and each task's loss on a batch."""
+        preds = self.model(batch["image"])
+        losses = {k: t.loss(preds[k], batch[t.target_key]) for k, t in self.tasks.items()}
+        return preds, losses
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stop on a NaN/inf gradient (not under fp16 AMP, whose scaler skips those steps)."""
+        if getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            grads = {n: p.grad for n, p in self.named_parameters()}
+            check_finite_grads(grads, self.global_step)
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        preds = self.model(batch["image"])
+        return {k: self.tasks[k].metric_input(p) for k, p in preds.items()}
+
+    def _evaluate(self, batch: Mapping[str, Tensor], split: str, metrics: nn.ModuleDict) -> None:
+        preds, losses = self.task_losses(batch)
+        size = batch["image"].shape[0]
+        self._log_loss(f"{split}/loss", sum(losses.values()), size)
+        for key, task in self.tasks.items():
+            self._log_loss(f"{split}/{key}/loss", losses[key], size)
+            metrics[key].update(
+                task.metric_input(preds[key]), task.metric_target(batch[task.target_key])
+            )
+            self.log_dict(metrics[key], batch_size=size)
+
+    def _log_loss(self, name: str, loss: Tensor, size: int) -> None:
+        """Log a val/test loss as the mean of the batch losses weighted by batch size, summed
+        over ranks by its torchmetrics state. (A logged tensor with `sync_dist=True` averages
+        the ranks' summed batch sizes as an integer tensor, truncating it when ranks saw
+        uneven data, e.g. 9 samples on 2 ranks give (5+4)//2 = 4: a loss 9/8 too large.)"""
+        mean = self.eval_losses[name]
+        mean.update(loss, size)
+        self.log(name, mean, batch_size=size)
+
+    # -- optimisation ------------------------------------------------------------------------
+
+    def optimizer_param_groups(self) -> list[dict[str, Any]]:
+        """Param groups `sparse_convs` (or `sparse_convs/{conv}` per layer), `backbone`, `heads`
+        and the subclass's `extra_param_groups()`, with the `param_groups` overrides applied.
+
+        The sparse groups name their convs (`layers`), so the optimizer reads and sets λ per
+        conv (`ProxAdamW.lambdas`/`set_lambda`); every other group has λ = 0.
+        """
+        sparse = self.sparse_weights()
+        sparse_ids = {id(w) for _, w in sparse}
+        prox = {
+            "prox_metric": self.sparsity.prox_metric,
+            "penalty": self.sparsity.penalty,
+            "group_by": self.sparsity.group_by,
+        }
+        lambdas = self.configured_lambdas()
+        if self.per_layer_groups:
+            sparse_groups = {
+                f"sparse_convs/{name}": {
+                    "params": [w],
+                    "layers": [name],
+                    "lambda_": lambdas[name],
+                    **prox,
+                }
+                for name, w in sparse
+            }
+        else:
+            sparse_groups = {
+                "sparse_convs": {
+                    "params": [w for _, w in sparse],
+                    "layers": [n for n, _ in sparse],
+                    "lambda_": self.sparsity.lambda_,
+                    **prox,
+                }
+            }
+        groups: dict[str, dict[str, Any]] = {
+            **sparse_groups,
+            "backbone": {
+                "params": [p for p in self.model.backbone.parameters() if id(p) not in sparse_ids],
+                "lambda_": 0.0,
+            },
+            "heads": {"params": list(self.model.heads.parameters()), "lambda_": 0.0},
+            **self.extra_param_groups(),
+        }
+        for name, overrides in self.param_group_overrides.items():
+            for group_name, group in groups.items():
+                if group_name.split("/")[0] == name:
+                    group.update(overrides)
+        return [{"name": n, **g} for n, g in groups.items() if g["params"]]
+
+    def extra_param_groups(self) -> dict[str, dict[str, Any]]:
+        """Param groups a subclass adds after `heads` (by name; λ = 0)."""
+        return {}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.optimizer_param_groups())
+        strongest = max(self.configured_lambdas().values(), default=0.0)
+        if strongest > 0 and not isinstance(optimizer, ProxAdamW):
+            raise ValueError(
+                f"lambda_={strongest} needs an optimizer that applies the prox "
+                f"(lightning_mtl.sparsity.ProxAdamW); got {type(optimizer).__name__}"
+            )
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def configure_callbacks(self) -> list[Callback]:
+        """The exact-resume RNG bookkeeping; subclasses add theirs."""
+        return [RNGStateCheckpoint()]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        _check_same_architecture(checkpoint.get("hyper_parameters", {}), self.hparams)
+
+
+def _check_same_architecture(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    """A clear error instead of a state-dict key/size mismatch when a checkpoint of another
+    backbone or task set is loaded (resumed) into this module."""
+
+    def describe(hparams: Mapping[str, Any]) -> dict[str, Any]:
+        tasks = [t if isinstance(t, str) else t.key for t in hparams.get("tasks") or []]
+        return {"tasks": tasks, **{k: hparams.get(k) for k in _ARCHITECTURE_KEYS[1:]}}
+
+    if not saved:
+        return
+    was, now = describe(saved), describe(current)
+    differ = {k: (was[k], now[k]) for k in was if was[k] != now[k]}
+    if differ:
+        details = "; ".join(
+            f"{k}: checkpoint {a!r}, this module {b!r}" for k, (a, b) in differ.items()
+        )
+        raise ValueError(
+            f"the checkpoint was trained with another architecture ({details}); build the module "
+            "with the checkpoint's settings, or load it with load_from_checkpoint"
+        )
+
+
+def _resolve_tasks(tasks: Sequence[str | Task], targets: Mapping[str, TargetSpec]) -> dict:
+    if isinstance(tasks, str):
+        tasks = [t for t in tasks.split(",") if t]
+    if not tasks:
+        raise ValueError("tasks is empty: give at least one task key")
+    resolved: dict[str, Task] = {}
+    for task in tasks:
+        if isinstance(task, str):
+            if not targets:
+                raise ValueError(
+                    f"task {task!r} is a key: pass targets=datamodule.targets (the CLI links it) "
+                    "or Task objects"
+                )
+            task = build_task(task, targets)
+        if task.key in resolved:
+            raise ValueError(f"task {task.key!r} is listed twice")
+        resolved[task.key] = task
+    return resolved

@@ -1,0 +1,317 @@
+"""Test helpers: the tiny settings, factories of tiny models, data and Trainers, the fits the
+subprocess workers (tests/workers/) share with the tests, registry restoring, and readers of
+offline W&B run files. Tests import from here; no test imports another test module."""
+
+from __future__ import annotations
+
+import functools
+import struct
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+
+from datamodules import NYUv2DataModule, SyntheticDataModule
+from datamodules.meta import MetaTaskDataModule
+from datamodules.nyuv2 import FORMATS
+from lightning_mtl import MetaSparsityModule, MultiTaskLightningModule, ProxAdamW
+from lightning_mtl.metrics import MeanOfValues
+from lightning_mtl.models.backbone import BACKBONES, build_backbone
+from lightning_mtl.models.builder import build_multitask_model
+from lightning_mtl.models.heads import HEADS
+from lightning_mtl.registry import Registry
+from lightning_mtl.sparsity.operators import PROX_OPERATORS
+from lightning_mtl.targets import TARGET_KINDS
+from lightning_mtl.tasks import TASK_REGISTRY, Task
+from lightning_mtl.weighting import WEIGHTINGS
+
+ROOT = Path(__file__).resolve().parents[1]
+#: the scripts tests run as subprocesses: `python tests/workers/NAME.py ARGS…`, from ROOT
+WORKERS = ROOT / "tests" / "workers"
+
+# -- tiny settings -------------------------------------------------------------------------------
+
+TASKS = ("seg", "depth", "normal")
+#: A dilated ResNet-18 with one block per stage at width 8: the real architecture, tiny.
+TINY_BACKBONE = {"width": 8, "layers": [1, 1, 1, 1]}
+TINY_MODEL = {"backbone": "resnet18", "backbone_options": TINY_BACKBONE, "head_channels": 8}
+TINY_DATA = {"image_size": (32, 32), "batch_size": 4, "num_train": 16, "num_val": 8, "num_test": 8}
+#: the data meta-batches are drawn from: 16×16 images, every synthetic target
+TINY_META_DATA = {**TINY_DATA, "image_size": (16, 16), "num_val": 4, "num_test": 4}
+#: 4 meta-batches per epoch of 2 meta-tasks with 4 support and 4 query samples each
+TINY_META = {"meta_batch_size": 2, "support_size": 4, "query_size": 4, "meta_batches_per_epoch": 4}
+#: a strong outer prox and a weak inner one: some groups die and λ gets a gradient
+META_PRUNING = {
+    "lambda_init": 1.0,
+    "inner_lr": 1e-3,
+    "rho_lr": 0.05,
+    "optimizer": functools.partial(ProxAdamW, lr=0.05),
+}
+#: quiet single-process CPU runs
+TRAINER = {
+    "accelerator": "cpu",
+    "devices": 1,
+    "max_epochs": 1,
+    "logger": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
+#: the 2-process CPU DDP runs of the workers
+DDP_TRAINER = {**TRAINER, "devices": 2, "strategy": "ddp", "max_epochs": 2}
+DDP_TRAINER["enable_checkpointing"] = False
+
+# -- factories -----------------------------------------------------------------------------------
+
+
+def tiny_backbone(name: str = TINY_MODEL["backbone"], **overrides: Any) -> nn.Module:
+    """The registered backbone `name` at the tiny width and depth (`overrides`: its options)."""
+    return build_backbone(name, **{**TINY_BACKBONE, **overrides})
+
+
+def tiny_model(tasks: Mapping[str, Task], **overrides: Any) -> nn.Module:
+    """`build_multitask_model` of `tasks` on the tiny backbone (`overrides`: its arguments)."""
+    return build_multitask_model(tasks, **{**TINY_MODEL, **overrides})
+
+
+def tiny_datamodule(tasks: Iterable[str] | None = TASKS, **overrides: Any) -> SyntheticDataModule:
+    """Tiny synthetic data (`tasks=None`: every target)."""
+    return SyntheticDataModule(
+        tasks=None if tasks is None else list(tasks), **{**TINY_DATA, **overrides}
+    )
+
+
+def tiny_module(
+    datamodule: L.LightningDataModule, tasks: Iterable[str] = TASKS, **overrides: Any
+) -> MultiTaskLightningModule:
+    """A `MultiTaskLightningModule` of the tiny model on `datamodule`'s targets."""
+    return MultiTaskLightningModule(
+        tasks=list(tasks), targets=datamodule.targets, **{**TINY_MODEL, **overrides}
+    )
+
+
+def tiny_meta_datamodule(tasks: Iterable[str] = TASKS, **overrides: Any) -> MetaTaskDataModule:
+    """Tiny meta-batches (`overrides`: `MetaTaskDataModule` options) of tiny synthetic data."""
+    wrapped = tiny_datamodule(None, **TINY_META_DATA)
+    return MetaTaskDataModule(wrapped, tasks=list(tasks), **{**TINY_META, **overrides})
+
+
+def tiny_meta_module(
+    datamodule: L.LightningDataModule, tasks: Iterable[str] = TASKS, **overrides: Any
+) -> MetaSparsityModule:
+    """A `MetaSparsityModule` of the tiny model on `datamodule`'s targets."""
+    return MetaSparsityModule(
+        tasks=list(tasks), targets=datamodule.targets, **{**TINY_MODEL, **overrides}
+    )
+
+
+def tiny_trainer(tmp_path: Path | None = None, **overrides: Any) -> L.Trainer:
+    """A quiet CPU Trainer (`TRAINER`, then `overrides`) rooted at `tmp_path`."""
+    root = {} if tmp_path is None else {"default_root_dir": tmp_path}
+    return L.Trainer(**{**TRAINER, **root, **overrides})
+
+
+def csv_logger(root: Path) -> CSVLogger:
+    """A CSV logger writing root/metrics.csv."""
+    return CSVLogger(root, name="", version="")
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """`count` intra-op threads meanwhile (on a small, busy CPU more make tiny fits slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+# -- registries ----------------------------------------------------------------------------------
+
+REGISTRIES: tuple[Registry, ...] = (
+    TASK_REGISTRY,
+    WEIGHTINGS,
+    PROX_OPERATORS,
+    HEADS,
+    BACKBONES,
+    TARGET_KINDS,
+    FORMATS,
+)
+
+
+@contextmanager
+def restored_registries() -> Iterator[None]:
+    """Unregister afterwards every name registered meanwhile in any of `REGISTRIES`."""
+    before = [set(registry) for registry in REGISTRIES]
+    try:
+        yield
+    finally:
+        for registry, names in zip(REGISTRIES, before, strict=True):
+            for name in set(registry) - names:
+                registry.unregister(name)
+
+
+class ForegroundAccuracy(MeanOfValues):
+    higher_is_better = True
+
+    def values(self, preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        return ((preds > 0.5) == (target > 0)).float(), target != 255
+
+
+class ForegroundTask(Task):
+    """A user-defined task: foreground (any class but 0) vs background, from the `seg` labels."""
+
+    higher_is_better: ClassVar[dict[str, bool]] = {"fg_acc": True}
+    main_metric = "fg_acc"
+    out_channels = 1
+
+    def __init__(self, key: str = "fg", target_key: str = "seg") -> None:
+        super().__init__(key, target_key)
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        fg, labelled = (target > 0).float(), (target != 255).float()
+        return F.binary_cross_entropy_with_logits(pred[:, 0], fg, weight=labelled)
+
+    def build_metrics(self) -> MetricCollection:
+        return MetricCollection({"fg_acc": ForegroundAccuracy()})
+
+    def metric_input(self, pred: Tensor) -> Tensor:
+        return pred[:, 0].sigmoid()
+
+
+# -- the fits of the subprocess workers ----------------------------------------------------------
+
+
+def run_ddp_worker(name: str, out: Path, *args: str) -> tuple[dict, dict]:
+    """Run the DDP worker `name` (`python tests/workers/NAME.py OUT ARGS…`; Lightning launches
+    rank 1) and load what its two ranks saved as OUT/rank{0,1}.pt."""
+    result = subprocess.run(
+        [sys.executable, str(WORKERS / f"{name}.py"), str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+
+
+def ddp_fit_setup() -> tuple[SyntheticDataModule, MultiTaskLightningModule]:
+    """The data and module of the DDP fit (workers/ddp_fit.py; test_ddp rebuilds them to validate
+    alone): 9 validation samples, on 2 ranks at batch size 4 5 (2 batches) and 4 (1 batch)."""
+    data = tiny_datamodule(num_val=9)
+    return data, tiny_module(data, lambda_=0.2, optimizer=functools.partial(ProxAdamW, lr=1e-2))
+
+
+def nyu_fit(
+    kind: str,
+    data_root: str,
+    out: Path,
+    workers: int = 0,
+    callbacks: Sequence[L.Callback] = (),
+    resume: str | None = None,
+) -> dict[str, Any]:
+    """The fit of test_crash_resume (in-process or in workers/crash_fit.py): 2 epochs of
+    `MultiTaskLightningModule` (KIND `mtl`) or `MetaSparsityModule` (`meta`) on augmented NYU-v2
+    files at `data_root`, checkpointing OUT/last.ckpt every 2 optimizer steps, from `resume` if
+    given; the module's and optimizer's state dicts and the global step at the end."""
+    L.seed_everything(3)
+    nyu = NYUv2DataModule(
+        data_root,
+        tasks=None if kind == "meta" else list(TASKS),
+        batch_size=4,
+        num_workers=workers,
+        image_size=(32, 32),
+        augment=True,
+        val_fraction=0.2,
+    )
+    if kind == "mtl":
+        data = nyu
+        module = tiny_module(nyu, lambda_=0.05, optimizer=functools.partial(ProxAdamW, lr=0.05))
+    else:
+        data = MetaTaskDataModule(nyu, tasks=list(TASKS), **TINY_META, num_workers=workers)
+        module = tiny_meta_module(data, **{**META_PRUNING, "lambda_init": 0.3})
+    checkpoints = ModelCheckpoint(dirpath=out, every_n_train_steps=2, save_last=True)
+    trainer = tiny_trainer(
+        out, max_epochs=2, deterministic=True, callbacks=[checkpoints, *callbacks]
+    )
+    trainer.fit(module, data, ckpt_path=resume)
+    return {
+        "state_dict": module.state_dict(),
+        "optimizer": trainer.optimizers[0].state_dict(),
+        "global_step": trainer.global_step,
+    }
+
+
+# -- offline W&B run files -----------------------------------------------------------------------
+# A run file (`run-<id>.wandb`) is a LevelDB-style log (W&B's datastore): a 7-byte header (":W&B",
+# magic 0xBEE1, version), then 32 KiB blocks of chunks, each with a 7-byte header (crc32, length,
+# type FULL/FIRST/MIDDLE/LAST) and a piece of a serialised `wandb_internal_pb2.Record`.
+
+_BLOCK = 32768
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def records(path: Path) -> list:
+    """The `wandb_internal_pb2.Record`s of an offline W&B run file."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    ident, magic, _version = struct.unpack("<4sHB", data[:7])
+    assert (ident, magic) == (b":W&B", 0xBEE1), f"{path} is not a W&B run file"
+    out, pending, pos = [], b"", 7
+    while pos + 7 <= len(data):
+        if _BLOCK - pos % _BLOCK < 7:  # block trailer padding
+            pos += _BLOCK - pos % _BLOCK
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (_FULL, _FIRST):
+            pending = chunk
+        elif kind in (_MIDDLE, _LAST):
+            pending += chunk
+        if kind in (_FULL, _LAST):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            out.append(record)
+    return out
+
+
+def history_keys(path: Path) -> set[str]:
+    """The keys the run logged history under."""
+    keys = set()
+    for record in records(path):
+        if record.WhichOneof("record_type") == "history":
+            keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+    return keys
+
+
+def run_config(path: Path) -> tuple[dict, str]:
+    """The run's config (as W&B received it, values decoded) and its group."""
+    import json
+
+    config, group = {}, ""
+    for record in records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            group = record.run.run_group
+            items = record.run.config.update
+        elif kind == "config":
+            items = record.config.update
+        else:
+            continue
+        for item in items:
+            key = item.key or "/".join(item.nested_key)
+            config[key] = json.loads(item.value_json)
+    return config, group
