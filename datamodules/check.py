@@ -30,7 +30,7 @@ def parser(prog: str = "lightning-mtl data") -> ArgumentParser:
     """The `data` command line: subcommand `check` with the options of `check`."""
     parser = ArgumentParser(prog=prog, description="Check a dataset root before training on it.")
     commands = parser.add_subcommands(dest="command")
-    check_parser = ArgumentParser(description=check.__doc__.splitlines()[0])
+    check_parser = ArgumentParser(description="Scan every sample of every split of a dataset root.")
     check_parser.add_argument(
         "--config", action=ActionConfigFile, help="a YAML of these options (--print_config)"
     )

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning as L
 import torch
@@ -25,15 +25,20 @@ from datamodules import NYUv2DataModule, SyntheticDataModule
 from datamodules.meta import MetaTaskDataModule
 from datamodules.nyuv2 import FORMATS
 from lightning_mtl import MetaSparsityModule, MultiTaskLightningModule, ProxAdamW
+from lightning_mtl.lomt import LayerOptimizedModel
 from lightning_mtl.metrics import MeanOfValues
 from lightning_mtl.models.backbone import BACKBONES, build_backbone
 from lightning_mtl.models.builder import build_multitask_model
 from lightning_mtl.models.heads import HEADS
+from lightning_mtl.models.multitask import MultiTaskModel
 from lightning_mtl.registry import Registry
 from lightning_mtl.sparsity.operators import PROX_OPERATORS
 from lightning_mtl.targets import TARGET_KINDS
 from lightning_mtl.tasks import TASK_REGISTRY, Task
 from lightning_mtl.weighting import WEIGHTINGS
+
+if TYPE_CHECKING:
+    from wandb.proto.wandb_internal_pb2 import Record
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the scripts tests run as subprocesses: `python tests/workers/NAME.py ARGS…`, from ROOT
@@ -67,8 +72,13 @@ TRAINER = {
     "enable_model_summary": False,
 }
 #: the 2-process CPU DDP runs of the workers
-DDP_TRAINER = {**TRAINER, "devices": 2, "strategy": "ddp", "max_epochs": 2}
-DDP_TRAINER["enable_checkpointing"] = False
+DDP_TRAINER = {
+    **TRAINER,
+    "devices": 2,
+    "strategy": "ddp",
+    "max_epochs": 2,
+    "enable_checkpointing": False,
+}
 
 # -- factories -----------------------------------------------------------------------------------
 
@@ -78,7 +88,7 @@ def tiny_backbone(name: str = TINY_MODEL["backbone"], **overrides: Any) -> nn.Mo
     return build_backbone(name, **{**TINY_BACKBONE, **overrides})
 
 
-def tiny_model(tasks: Mapping[str, Task], **overrides: Any) -> nn.Module:
+def tiny_model(tasks: Mapping[str, Task], **overrides: Any) -> MultiTaskModel | LayerOptimizedModel:
     """`build_multitask_model` of `tasks` on the tiny backbone (`overrides`: its arguments)."""
     return build_multitask_model(tasks, **{**TINY_MODEL, **overrides})
 
@@ -118,6 +128,17 @@ def tiny_trainer(tmp_path: Path | None = None, **overrides: Any) -> L.Trainer:
     """A quiet CPU Trainer (`TRAINER`, then `overrides`) rooted at `tmp_path`."""
     root = {} if tmp_path is None else {"default_root_dir": tmp_path}
     return L.Trainer(**{**TRAINER, **root, **overrides})
+
+
+def sparse_checkpoint(root: Path) -> tuple[MultiTaskLightningModule, Path]:
+    """A tiny module trained one epoch with a strong prox, and its checkpoint root/sparse.ckpt."""
+    data = tiny_datamodule()
+    module = tiny_module(data, lambda_=0.5, optimizer=functools.partial(ProxAdamW, lr=1e-2))
+    trainer = tiny_trainer(root)
+    trainer.fit(module, data)
+    path = root / "sparse.ckpt"
+    trainer.save_checkpoint(path)
+    return module, path
 
 
 def csv_logger(root: Path) -> CSVLogger:
@@ -162,6 +183,8 @@ def restored_registries() -> Iterator[None]:
 
 
 class ForegroundAccuracy(MeanOfValues):
+    """The share of labelled pixels whose foreground probability is on the right side of 0.5."""
+
     higher_is_better = True
 
     def values(self, preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -262,8 +285,8 @@ _BLOCK = 32768
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
 
-def records(path: Path) -> list:
-    """The `wandb_internal_pb2.Record`s of an offline W&B run file."""
+def records(path: Path) -> list[Record]:
+    """The records of an offline W&B run file."""
     from wandb.proto import wandb_internal_pb2
 
     data = path.read_bytes()

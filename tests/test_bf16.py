@@ -12,9 +12,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_mtl import MetaSparsityModule, MultiTaskLightningModule, ProxAdamW
+from lightning_mtl import MultiTaskLightningModule, ProxAdamW
 from lightning_mtl.sparsity import live_groups
-from tests.conftest import TINY_MODEL
+from tests.helpers import (
+    META_PRUNING,
+    tiny_datamodule,
+    tiny_meta_datamodule,
+    tiny_meta_module,
+    tiny_module,
+    tiny_trainer,
+)
 
 
 def _why_no_cpu_bf16_autocast() -> str | None:
@@ -68,26 +75,16 @@ class RecordDtypes(L.Callback):
 
 
 def _trainer(root, **kwargs) -> L.Trainer:
-    options = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "precision": "bf16-mixed",
-        "max_epochs": 1,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "default_root_dir": root,
-    }
-    return L.Trainer(**{**options, **kwargs})
+    return tiny_trainer(root, **{"precision": "bf16-mixed", **kwargs})
 
 
 def _dead_groups(module: MultiTaskLightningModule) -> int:
     return sum(int((~live_groups(w, "in_channel")).sum()) for _, w in module.sparse_weights())
 
 
-def test_bf16_mixed_fit_prunes_validates_and_reloads(tmp_path, tiny_data, tiny_module):
+def test_bf16_mixed_fit_prunes_validates_and_reloads(tmp_path):
     L.seed_everything(0)
-    data = tiny_data()
+    data = tiny_datamodule()
     module = tiny_module(data, lambda_=0.5, optimizer=functools.partial(ProxAdamW, lr=1e-2))
     record = RecordDtypes()
     trainer = _trainer(tmp_path, callbacks=[record], enable_checkpointing=False)
@@ -124,26 +121,9 @@ def test_bf16_mixed_fit_prunes_validates_and_reloads(tmp_path, tiny_data, tiny_m
 def test_bf16_mixed_meta_sparsity_steps(tmp_path):
     """The meta module's second-order inner loop (torch.func under autocast) and its manual
     outer step under bf16-mixed: finite losses, fp32 θ and ρ, and ρ gets a hypergradient."""
-    from datamodules import SyntheticDataModule
-    from datamodules.meta import MetaTaskDataModule
-
-    tasks = ["seg", "depth", "normal"]
     L.seed_everything(0)
-    wrapped = SyntheticDataModule(
-        image_size=(16, 16), num_train=16, num_val=4, num_test=4, batch_size=4
-    )
-    data = MetaTaskDataModule(
-        wrapped, tasks, meta_batch_size=2, support_size=4, query_size=4, meta_batches_per_epoch=2
-    )
-    module = MetaSparsityModule(
-        tasks=tasks,
-        targets=data.targets,
-        lambda_init=1.0,
-        inner_lr=1e-3,
-        rho_lr=0.05,
-        optimizer=functools.partial(ProxAdamW, lr=0.05),
-        **TINY_MODEL,
-    )
+    data = tiny_meta_datamodule(meta_batches_per_epoch=2)
+    module = tiny_meta_module(data, **META_PRUNING)
     rho = module.rho.detach().clone()
     record = RecordDtypes()
     trainer = _trainer(tmp_path, callbacks=[record], enable_checkpointing=False)

@@ -32,7 +32,7 @@ from datamodules.celebamask.layout import (
 from datamodules.synthetic_root import partial_path, write_root_once
 from datamodules.transforms import JointTransform
 from lightning_mtl.targets import TargetSpec
-from tests.conftest import TINY_MODEL
+from tests.helpers import tiny_module, tiny_trainer
 
 SIDE = 32  # image side; masks are SIDE // 2, like 1024 / 512
 MASK = SIDE // 2
@@ -428,24 +428,12 @@ def test_write_root_once_keeps_a_root_written_meanwhile(tmp_path: Path) -> None:
 
 
 def test_fit_from_synthesized_root(tmp_path: Path) -> None:
-    import lightning as L
-
-    from lightning_mtl import MultiTaskLightningModule
-
     tasks = ["seg", "male", "smile"]
     dm = CelebAMaskHQDataModule(
         str(tmp_path / "faces"), tasks=tasks, synthesize=24, image_size=(32, 32), batch_size=8
     )
-    module = MultiTaskLightningModule(tasks=tasks, targets=dm.targets, **TINY_MODEL)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    module = tiny_module(dm, tasks)
+    trainer = tiny_trainer(tmp_path, enable_checkpointing=False)
     trainer.fit(module, dm)  # the Trainer's prepare_data writes the root, setup reads it
     assert check_celebamask(tmp_path / "faces") == []
     assert sum(len(ds) for ds in dm.datasets.values()) == 24

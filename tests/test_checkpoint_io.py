@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import lightning as L
 import pytest
 import torch
 
 from lightning_mtl.checkpoint_io import AtomicCheckpointIO, CheckpointError
 from lightning_mtl.pipelines.fit import build_cli
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, tiny_datamodule, tiny_module, tiny_trainer
 
 
 def test_a_save_killed_halfway_leaves_the_previous_file_intact(tmp_path, monkeypatch):
@@ -31,13 +27,13 @@ def test_a_save_killed_halfway_leaves_the_previous_file_intact(tmp_path, monkeyp
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"], "no partial file is left"
 
 
-def test_resuming_from_a_truncated_checkpoint_names_it(sparse_checkpoint, tiny_data, tmp_path):
+def test_resuming_from_a_truncated_checkpoint_names_it(sparse_checkpoint, tmp_path):
     module, path = sparse_checkpoint
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    trainer = L.Trainer(max_epochs=2, logger=False, plugins=[AtomicCheckpointIO()])
+    trainer = tiny_trainer(max_epochs=2, plugins=[AtomicCheckpointIO()])
     with pytest.raises(CheckpointError, match=r"truncated\.ckpt cannot be read: it is truncated"):
-        trainer.fit(module, tiny_data(), ckpt_path=truncated)
+        trainer.fit(module, tiny_datamodule(), ckpt_path=truncated)
 
 
 def test_a_file_without_a_state_dict_is_not_taken_for_a_checkpoint(tmp_path):
@@ -85,12 +81,11 @@ WIDTH_DIFFERS = r"backbone_options: checkpoint \{'width': 8"
     ],
 )
 def test_resuming_into_another_architecture_says_what_differs(
-    sparse_checkpoint, tiny_data, tiny_module, tmp_path, overrides, match
+    sparse_checkpoint, tmp_path, overrides, match
 ):
     _, path = sparse_checkpoint
-    data = tiny_data()
-    tasks = overrides.pop("tasks", ["seg", "depth", "normal"])
-    module = tiny_module(data, tasks=tasks, **overrides)
-    trainer = L.Trainer(max_epochs=2, logger=False, default_root_dir=tmp_path)
+    data = tiny_datamodule()
+    module = tiny_module(data, **overrides)
+    trainer = tiny_trainer(tmp_path, max_epochs=2)
     with pytest.raises(ValueError, match=match):
         trainer.fit(module, data, ckpt_path=path)

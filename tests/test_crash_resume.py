@@ -2,15 +2,16 @@
 uninterrupted fit: weights, BN statistics, uncertainty weights, λ (ρ), Adam's moments and step,
 and so the zero-group pattern.
 
-The killed fit (tests/crash_fit.py, a subprocess) checkpoints every 2 optimizer steps of 4-batch
-epochs and dies as step 3 starts, so the checkpoint is mid-epoch 0 (2 of its batches done) and
-step 2's work is lost; a new process resumes it to the end of epoch 1. Each of these is needed
-and was checked to break the equality when left out: skipping the batches the checkpoint had
-done (Lightning restarts the epoch's loader; `ResumableSampler.skip`), per-sample augmentation
-seeds (the transform's stream would otherwise restart with the process; `sample_seeds`) and the
-checkpointed global RNG streams (head dropout; `MultiTaskLightningModule.on_save_checkpoint`).
-The uninterrupted fit runs in-process, meanwhile, with `num_workers=0`; the meta case resumes
-with a loader worker process, so its batches are also independent of `num_workers`.
+The killed fit (`nyu_fit` in tests/workers/crash_fit.py, a subprocess) checkpoints every 2
+optimizer steps of 4-batch epochs and dies as step 3 starts, so the checkpoint is mid-epoch 0 (2
+of its batches done) and step 2's work is lost; a new process resumes it to the end of epoch 1.
+Each of these is needed and was checked to break the equality when left out: skipping the
+batches the checkpoint had done (Lightning restarts the epoch's loader; `ResumableSampler.skip`),
+per-sample augmentation seeds (the transform's stream would otherwise restart with the process;
+`sample_seeds`) and the checkpointed global RNG streams (head dropout;
+`MultiTaskLightningModule.on_save_checkpoint`). The uninterrupted fit runs in-process,
+meanwhile, with `num_workers=0`; the meta case resumes with a loader worker process, so its
+batches are also independent of `num_workers`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,9 +26,8 @@ import torch
 from datamodules.nyuv2 import write_synthetic_nyuv2
 from datamodules.sampling import ResumableSampler
 from lightning_mtl.sparsity import live_groups
-from tests.crash_fit import fit
+from tests.helpers import ROOT, WORKERS, nyu_fit
 
-WORKER = Path(__file__).with_name("crash_fit.py")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -41,11 +40,11 @@ def nyu_root(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def _worker(*args: object) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(WORKER), *map(str, args)],
+        [sys.executable, str(WORKERS / "crash_fit.py"), *map(str, args)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        cwd=WORKER.parents[1],
+        cwd=ROOT,
     )
 
 
@@ -64,7 +63,7 @@ def _zero_groups(state_dict: dict[str, torch.Tensor]) -> list[torch.Tensor]:
 @pytest.mark.parametrize(("kind", "workers"), [("mtl", 0), ("meta", 1)])
 def test_killed_mid_epoch_resumes_exactly(kind, workers, nyu_root, tmp_path):
     crashed = _worker(kind, nyu_root, tmp_path / "crashed", "--workers", workers, "--crash-at", 3)
-    straight = fit(kind, nyu_root, tmp_path / "straight")
+    straight = nyu_fit(kind, nyu_root, tmp_path / "straight")
     assert _wait(crashed) == -signal.SIGKILL
     checkpoints = sorted(p.name for p in (tmp_path / "crashed").glob("*.ckpt"))
     assert checkpoints == ["epoch=0-step=2.ckpt", "last.ckpt"]

@@ -4,28 +4,22 @@ the BatchNorm statistics of ranks that saw different data identical."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DistributedSampler, SequentialSampler, default_collate
 
-from datamodules import SyntheticDataModule
 from datamodules.meta import MetaTaskDataModule
 from lightning_mtl.sparsity import live_groups
-from tests.conftest import TINY_DATA, run_ddp_worker
-from tests.ddp_fit import build
-
-WORKER = Path(__file__).with_name("ddp_fit.py")
+from tests.helpers import ddp_fit_setup, run_ddp_worker, tiny_datamodule, tiny_trainer
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sync_batchnorm", [False, True], ids=["bn", "sync_bn"])
 def test_ddp_fit_and_uneven_validation(tmp_path, sync_batchnorm):
-    rank0, rank1 = run_ddp_worker(WORKER, tmp_path, *(["--sync-batchnorm"] * sync_batchnorm))
+    rank0, rank1 = run_ddp_worker("ddp_fit", tmp_path, *(["--sync-batchnorm"] * sync_batchnorm))
 
     # the prox keeps parameters and zero patterns identical on both ranks
     state = rank0["state_dict"]
@@ -59,16 +53,9 @@ def test_ddp_fit_and_uneven_validation(tmp_path, sync_batchnorm):
         ddp_metrics
     )
     # … and the reduced metrics are those of one process validating the whole split
-    data, model = build()
+    data, model = ddp_fit_setup()
     model.load_state_dict(state)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    (single,) = trainer.validate(model, data, verbose=False)
+    (single,) = tiny_trainer().validate(model, data, verbose=False)
     assert single.keys() == ddp_metrics.keys()
     losses = {name for name in single if name.endswith("loss")}
     for name in single.keys() - losses:
@@ -115,7 +102,7 @@ def test_eval_loaders_split_ranks_without_repeating(split, meta):
     `MetaTaskDataModule`, which delegates them; alone they are plain sequential loaders."""
 
     def datamodule():
-        base = SyntheticDataModule(tasks=None, **{**TINY_DATA, "num_val": 7, "num_test": 5})
+        base = tiny_datamodule(None, num_val=7, num_test=5)
         dm = MetaTaskDataModule(base, ["seg", "depth"], meta_batch_size=2) if meta else base
         dm.setup("validate" if split == "val" else split)
         return dm

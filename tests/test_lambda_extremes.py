@@ -5,26 +5,24 @@ from __future__ import annotations
 
 import functools
 
-import lightning as L
 import pytest
 import torch
-from lightning.pytorch.loggers import CSVLogger
 
 from lightning_mtl import ProxAdamW, sparsity_stats
 from lightning_mtl.callbacks import SparsityMonitor
 from lightning_mtl.sparsity import compact
+from tests.helpers import csv_logger, tiny_datamodule, tiny_module, tiny_trainer
 
 
-def test_every_group_dead_warns_and_everything_still_works(tiny_data, tiny_module, tmp_path):
-    data = tiny_data()
+def test_every_group_dead_warns_and_everything_still_works(tmp_path):
+    data = tiny_datamodule()
     module = tiny_module(data, lambda_=1e8, optimizer=functools.partial(ProxAdamW, lr=1e-2))
-    trainer = L.Trainer(
+    trainer = tiny_trainer(
+        tmp_path,
         max_epochs=2,
-        logger=CSVLogger(tmp_path, name="", version=""),
+        logger=csv_logger(tmp_path),
         callbacks=[SparsityMonitor()],
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
     )
     with pytest.warns(UserWarning, match="every channel group of the grouped convs is zero"):
         trainer.fit(module, data)

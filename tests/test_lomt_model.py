@@ -11,23 +11,19 @@ from torch import nn
 
 from lightning_mtl import MultiTaskLightningModule
 from lightning_mtl.lomt import LayerOptimizedModel, TruncatedBackbone
-from lightning_mtl.models import DilatedResNet, build_backbone, build_head
+from lightning_mtl.models import DilatedResNet, build_head
 from lightning_mtl.sparsity.compact import compact, load_compacted, macs_and_params, save_compacted
-
-from .conftest import TINY_MODEL
+from lightning_mtl.tasks import BinaryClassificationTask, DepthTask, SegmentationTask
+from tests.helpers import tiny_backbone, tiny_datamodule, tiny_model, tiny_module, tiny_trainer
 
 TASKS = ("seg", "depth", "sphere")
 #: taps at three depths of the tiny ResNet-18 (one block per stage)
 TAPS = {"seg": "layer3.0.conv1", "depth": "layer1.0.conv2", "sphere": "layer2.0.conv1"}
-#: the tiny ResNet-50: bottleneck blocks, so a block's output has 4x its conv1's channels
-TINY_R50 = {"backbone": "resnet50", "backbone_options": {"width": 8, "layers": [1, 1, 1, 1]}}
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_net(**overrides) -> DilatedResNet:
-    return build_backbone(
-        TINY_MODEL["backbone"], **{**TINY_MODEL["backbone_options"], **overrides}
-    ).eval()
+    return tiny_backbone(**overrides).eval()
 
 
 def _images(n: int = 2) -> torch.Tensor:
@@ -115,7 +111,7 @@ def test_tap_features_equal_the_full_backbone():
 
 
 def test_out_channels_follow_the_tap_output():
-    net = build_backbone(TINY_R50["backbone"], **TINY_R50["backbone_options"])
+    net = tiny_backbone("resnet50")  # bottleneck blocks: a block's output has 4x conv1's channels
     taps = ["conv1", "layer2.0.conv1", "layer2.0.conv3", "layer3.0.downsample.0"]
     conv = TruncatedBackbone(net, taps, "conv")
     block = TruncatedBackbone(net, taps, "block")
@@ -154,13 +150,12 @@ def test_truncated_backbone_errors():
 
 
 def _lomt_model(tap_output: str = "conv") -> LayerOptimizedModel:
-    backbone = TruncatedBackbone(_tiny_net(), list(TAPS.values()), tap_output)
-    heads = {
-        "seg": build_head("dense", backbone.out_channels[TAPS["seg"]], 5, 8),
-        "depth": build_head("dense", backbone.out_channels[TAPS["depth"]], 1, 8),
-        "sphere": build_head("classification", backbone.out_channels[TAPS["sphere"]], 1),
+    tasks = {
+        "seg": SegmentationTask(num_classes=5),
+        "depth": DepthTask(),
+        "sphere": BinaryClassificationTask("sphere"),
     }
-    return LayerOptimizedModel(backbone, heads, TAPS).eval()
+    return tiny_model(tasks, taps=TAPS, tap_output=tap_output).eval()
 
 
 def test_layer_optimized_model_scripts():
@@ -213,8 +208,8 @@ def test_layer_optimized_model_errors():
 
 
 @pytest.mark.parametrize("tap_output", ["conv", "block"])
-def test_module_outputs_and_heads(tiny_data, tiny_module, tap_output):
-    data = tiny_data(TASKS)
+def test_module_outputs_and_heads(tap_output):
+    data = tiny_datamodule(TASKS)
     module = tiny_module(data, TASKS, taps=TAPS, tap_output=tap_output)
     conventional = tiny_module(data, TASKS)
     assert isinstance(module.model, LayerOptimizedModel)
@@ -247,16 +242,10 @@ def test_module_outputs_and_heads(tiny_data, tiny_module, tap_output):
 def test_module_heads_follow_the_tap_channels():
     tasks = ("seg", "sphere")
     taps = {"seg": "layer2.0.conv1", "sphere": "layer2.0.conv1"}  # two tasks may share a tap
+    data = tiny_datamodule(tasks)
 
     def head_inputs(tap_output):
-        module = MultiTaskLightningModule(
-            tasks=list(tasks),
-            targets=_targets(),
-            head_channels=8,
-            taps=taps,
-            tap_output=tap_output,
-            **TINY_R50,
-        )
+        module = tiny_module(data, tasks, backbone="resnet50", taps=taps, tap_output=tap_output)
         heads = module.model.heads
         return heads["seg"][0].convs[0][0].in_channels, heads["sphere"].features[0].in_channels
 
@@ -264,14 +253,8 @@ def test_module_heads_follow_the_tap_channels():
     assert head_inputs("block") == (64, 64)  # bottleneck: 4x the block's conv1
 
 
-def _targets():
-    from datamodules.synthetic.datamodule import TARGETS
-
-    return TARGETS
-
-
-def test_lomt_macs_below_the_conventional_model(tiny_data, tiny_module):
-    data = tiny_data(TASKS)
+def test_lomt_macs_below_the_conventional_model():
+    data = tiny_datamodule(TASKS)
     early = {"seg": "layer2.0.conv1", "depth": "layer1.0.conv2", "sphere": "layer1.0.conv1"}
     lomt = tiny_module(data, TASKS, taps=early)
     conventional = tiny_module(data, TASKS)
@@ -282,8 +265,8 @@ def test_lomt_macs_below_the_conventional_model(tiny_data, tiny_module):
     assert params < ref_params
 
 
-def test_module_tap_errors(tiny_data, tiny_module):
-    data = tiny_data(TASKS)
+def test_module_tap_errors():
+    data = tiny_datamodule(TASKS)
     with pytest.raises(ValueError, match=r"tasks without a tap: \['depth', 'sphere'\]") as err:
         tiny_module(data, TASKS, taps={"seg": "layer1.0.conv1"})
     assert "taps given for: ['seg']" in str(err.value)
@@ -302,9 +285,9 @@ def test_module_tap_errors(tiny_data, tiny_module):
     assert all(n.startswith(("layer1", "layer2")) for n in module.sparse_names)
 
 
-def test_state_dict_keys_are_the_backbone_s(tiny_data, tiny_module):
+def test_state_dict_keys_are_the_backbone_s():
     """The kept backbone keeps the full backbone's parameter names (under `backbone.body.`)."""
-    data = tiny_data(TASKS)
+    data = tiny_datamodule(TASKS)
     lomt = tiny_module(data, TASKS, taps=TAPS)
     full = tiny_module(data, TASKS).model.backbone.state_dict()
     prefix = "model.backbone.body."
@@ -313,19 +296,11 @@ def test_state_dict_keys_are_the_backbone_s(tiny_data, tiny_module):
     assert not any(k.startswith(("layer4", "layer3.0.bn1")) for k in keys)
 
 
-def test_fit_and_checkpoint_round_trip(tmp_path, tiny_data, tiny_module):
+def test_fit_and_checkpoint_round_trip(tmp_path):
     L.seed_everything(0)
-    data = tiny_data(TASKS)
+    data = tiny_datamodule(TASKS)
     module = tiny_module(data, TASKS, taps=TAPS, tap_output="block", weighting="uncertainty")
-    trainer = L.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_val_batches=1,
-        default_root_dir=tmp_path,
-    )
+    trainer = tiny_trainer(tmp_path, enable_checkpointing=False, limit_val_batches=1)
     trainer.fit(module, data)
     assert trainer.global_step == 4
     path = tmp_path / "lomt.ckpt"

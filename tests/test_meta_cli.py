@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lightning_mtl.meta.meta_test import MetaTestOptions, check_meta_test
 
 from lightning_mtl.cli.main import main
+from lightning_mtl.meta.meta_test import MetaTestOptions, check_meta_test
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

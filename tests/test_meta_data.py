@@ -8,16 +8,13 @@ from torch.utils.data import Dataset
 
 from datamodules import MetaTaskDataModule, SyntheticDataModule, task_combinations
 from datamodules.meta import MetaBatchDataset, MetaBatchSampler
-
-from .conftest import TINY_DATA
-
-TASKS = ("seg", "depth", "normal")
-SMALL = {**TINY_DATA, "image_size": (16, 16)}
+from tests.helpers import TASKS, TINY_DATA, tiny_datamodule
 
 
-def wrapped(**overrides) -> SyntheticDataModule:
-    """Tiny synthetic data carrying every target, as `MetaTaskDataModule` wants it."""
-    return SyntheticDataModule(tasks=None, **{**SMALL, **overrides})
+def wrapped(tasks: tuple[str, ...] | None = None, **overrides) -> SyntheticDataModule:
+    """Tiny synthetic data of 16×16 images, by default carrying every target, as
+    `MetaTaskDataModule` wants it."""
+    return tiny_datamodule(tasks, **{"image_size": (16, 16), **overrides})
 
 
 class IndexDataset(Dataset):
@@ -169,7 +166,7 @@ def test_datamodule_delegates_evaluation_loaders():
     ours, theirs = next(iter(data.val_dataloader())), next(iter(inner.val_dataloader()))
     assert set(ours) == set(theirs)
     assert all(torch.equal(ours[key], theirs[key]) for key in ours)
-    assert len(data.test_dataloader().dataset) == SMALL["num_test"]
+    assert len(data.test_dataloader().dataset) == TINY_DATA["num_test"]
     assert "datamodule" not in data.hparams
     assert "tasks" not in data.hparams
     assert data.hparams["meta_batch_size"] == 2
@@ -197,7 +194,7 @@ def test_datamodule_option_errors(overrides, match):
 
 
 def test_datamodule_needs_the_meta_tasks_in_the_wrapped_samples():
-    inner = SyntheticDataModule(tasks=["seg", "depth"], **SMALL)
+    inner = wrapped(("seg", "depth"))
     with pytest.raises(ValueError, match=r"lack \['normal'\]; build it with tasks=None"):
         MetaTaskDataModule(inner, tasks=TASKS)
     MetaTaskDataModule(inner, tasks=["seg", "depth"], meta_batch_size=3)

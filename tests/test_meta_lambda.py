@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
-from lightning_mtl.meta.inner_loop import adapt
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from lightning_mtl import ProxAdamW
+from lightning_mtl.meta.inner_loop import adapt
 
 C_IN = 16  # input channels = the groups of the 1×1 conv's weight [1, C_IN, 1, 1]
 SIGNAL = 3  # the "noise" problem's channels with a true weight; the other 13 are pure noise

@@ -6,23 +6,26 @@ import functools
 
 import pytest
 import torch
-from lightning_mtl.meta.inner_loop import adapt, group_lasso, group_lasso_grad
 from torch.utils.data import default_collate
 
 from lightning_mtl import MetaSparsityModule, ProxAdamW
+from lightning_mtl.meta.inner_loop import adapt, group_lasso, group_lasso_grad
 from lightning_mtl.sparsity.operators import group_lasso_euclidean
-from tests.conftest import TINY_MODEL
-
-TASKS = ("seg", "depth", "normal")
+from tests.helpers import (
+    TINY_META_DATA,
+    csv_logger,
+    tiny_datamodule,
+    tiny_meta_module,
+    tiny_trainer,
+)
 
 
 @pytest.fixture(scope="module")
 def samples():
-    from datamodules import SyntheticDataModule
-
-    data = SyntheticDataModule(image_size=(16, 16), num_train=16, num_val=4, num_test=4)
+    """The tiny meta data's wrapped datamodule and its 16 training samples."""
+    data = tiny_datamodule(None, **TINY_META_DATA)
     data.setup()
-    return data.targets, [data.datasets["train"][i] for i in range(16)]
+    return data, [data.datasets["train"][i] for i in range(16)]
 
 
 def meta_batch(samples, dtype=torch.float32):
@@ -39,10 +42,10 @@ def meta_batch(samples, dtype=torch.float32):
 
 
 def tiny_meta(samples, **overrides) -> MetaSparsityModule:
-    targets, _ = samples
+    data, _ = samples
     torch.manual_seed(0)
     options = {"inner_steps": 2, "inner_lr": 0.05, "lambda_init": 0.05, **overrides}
-    return MetaSparsityModule(tasks=list(TASKS), targets=targets, **TINY_MODEL, **options)
+    return tiny_meta_module(data, **options)
 
 
 def outer_loss(module, batch):
@@ -135,8 +138,6 @@ def test_group_lasso_gradient_is_the_autograd_gradient_and_zero_on_dead_groups()
 
 
 def test_outer_step_updates_theta_and_rho_and_zeroes_groups(samples, tmp_path):
-    import lightning as L
-
     module = tiny_meta(  # a strong outer prox; a weak inner one, so that λ gets a gradient
         samples,
         lambda_init=10.0,
@@ -155,12 +156,8 @@ def test_outer_step_updates_theta_and_rho_and_zeroes_groups(samples, tmp_path):
 
     loader = torch.utils.data.DataLoader(OneBatch(), batch_size=None)
     rho_before = module.rho.detach().clone()
-    trainer = L.Trainer(
-        max_steps=3,
-        logger=L.pytorch.loggers.CSVLogger(tmp_path, name="", version=""),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        log_every_n_steps=1,
+    trainer = tiny_trainer(
+        max_steps=3, logger=csv_logger(tmp_path), enable_checkpointing=False, log_every_n_steps=1
     )
     trainer.fit(module, train_dataloaders=loader)
     assert trainer.global_step == 3
@@ -174,16 +171,12 @@ def test_outer_step_updates_theta_and_rho_and_zeroes_groups(samples, tmp_path):
         assert key in logged
 
 
-def test_all_groups_dead_warns_and_keeps_training(samples, tmp_path):
-    import lightning as L
-
+def test_all_groups_dead_warns_and_keeps_training(samples):
     module = tiny_meta(samples, lambda_init=1e4)
     batch = meta_batch(samples)
     loader = torch.utils.data.DataLoader([batch, batch], batch_size=None, collate_fn=None)
-    trainer = L.Trainer(
-        max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False
-    )
-    with pytest.warns(UserWarning, match="every channel group of the sparse convs is zero"):
+    trainer = tiny_trainer(max_steps=2, enable_checkpointing=False)
+    with pytest.warns(UserWarning, match="every channel group of the grouped convs is zero at step"):
         trainer.fit(module, train_dataloaders=loader)
     assert trainer.global_step == 2
     assert all(p.isfinite().all() for p in module.parameters())
@@ -214,8 +207,6 @@ def test_meta_task_without_a_head_is_named(samples):
 
 
 def test_a_nan_query_loss_stops_meta_training_naming_the_meta_task(samples):
-    import lightning as L
-
     from lightning_mtl.modules import NonFiniteError
 
     module = tiny_meta(samples)
@@ -224,6 +215,6 @@ def test_a_nan_query_loss_stops_meta_training_naming_the_meta_task(samples):
     normal.loss = lambda pred, target: loss(normal, pred, target) * float("nan")
     batch = meta_batch(samples)
     loader = torch.utils.data.DataLoader([batch], batch_size=None)
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False)
+    trainer = tiny_trainer(max_steps=1, enable_checkpointing=False)
     with pytest.raises(NonFiniteError, match=r"step 0: task\(s\) \{'normal': nan\}"):
         trainer.fit(module, train_dataloaders=loader)

@@ -3,75 +3,38 @@
 from __future__ import annotations
 
 import csv
-import functools
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 
-from lightning_mtl import MetaSparsityModule, ProxAdamW
+from lightning_mtl import MetaSparsityModule
 from lightning_mtl.callbacks import SparsityMonitor
 from lightning_mtl.sparsity import live_groups
-from tests.conftest import TINY_MODEL, run_ddp_worker
+from tests.helpers import (
+    META_PRUNING,
+    TASKS,
+    csv_logger,
+    run_ddp_worker,
+    tiny_meta_datamodule,
+    tiny_meta_module,
+    tiny_trainer,
+)
 
-WORKER = Path(__file__).with_name("meta_ddp_fit.py")
-TASKS = ["seg", "depth", "normal"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small, busy CPU, two OpenMP threads per process make these
-    fits 10x slower (1.5 s vs 17 s for one epoch measured on 2 cores under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _data(**overrides):
-    from datamodules import SyntheticDataModule
-    from datamodules.meta import MetaTaskDataModule
-
-    wrapped = SyntheticDataModule(
-        image_size=(16, 16), num_train=16, num_val=4, num_test=4, batch_size=4
-    )
-    options = {
-        "meta_batch_size": 2,
-        "support_size": 4,
-        "query_size": 4,
-        "meta_batches_per_epoch": 4,
-        **overrides,
-    }
-    return MetaTaskDataModule(wrapped, tasks=TASKS, **options)
+# on a small, busy CPU two OpenMP threads per process make these fits 10x slower (1.5 s vs 17 s
+# for one epoch measured on 2 cores under load)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _module(data, **overrides) -> MetaSparsityModule:
     """A strong outer prox and a weak inner one: some groups die and λ gets a gradient."""
-    options = {
-        "lambda_init": 1.0,
-        "inner_lr": 1e-3,
-        "rho_lr": 0.05,
-        "optimizer": functools.partial(ProxAdamW, lr=0.05),
-        **overrides,
-    }
-    return MetaSparsityModule(tasks=TASKS, targets=data.targets, **TINY_MODEL, **options)
+    return tiny_meta_module(data, **{**META_PRUNING, **overrides})
 
 
 def _trainer(root: Path, **kwargs) -> L.Trainer:
-    defaults = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "max_epochs": 1,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "log_every_n_steps": 1,
-        "deterministic": True,
-    }
-    return L.Trainer(default_root_dir=root, **{**defaults, **kwargs})
+    return tiny_trainer(root, **{"log_every_n_steps": 1, "deterministic": True, **kwargs})
 
 
 def _dead_groups(state_dict) -> int:
@@ -84,8 +47,8 @@ def _dead_groups(state_dict) -> int:
 
 @pytest.fixture(scope="module")
 def ddp_ranks(tmp_path_factory):
-    """The two ranks' saved results of one 2-process gloo fit (tests/meta_ddp_fit.py)."""
-    return run_ddp_worker(WORKER, tmp_path_factory.mktemp("meta_ddp"))
+    """The two ranks' saved results of one 2-process gloo fit (tests/workers/meta_ddp_fit.py)."""
+    return run_ddp_worker("meta_ddp_fit", tmp_path_factory.mktemp("meta_ddp"))
 
 
 @pytest.mark.slow
@@ -119,7 +82,7 @@ def test_ddp_ranks_count_bn_batches_identically(ddp_ranks):
 
 def _fit(root: Path, max_epochs: int, ckpt_path: str | None = None, callbacks=(), **trainer):
     L.seed_everything(3)
-    data = _data()
+    data = tiny_meta_datamodule()
     module = _module(data, lambda_init=0.3)  # some, not all, groups die in 16 steps
     trainer = _trainer(root, max_epochs=max_epochs, callbacks=list(callbacks), **trainer)
     trainer.fit(module, data, ckpt_path=ckpt_path)
@@ -165,7 +128,7 @@ def test_resume_continues_exactly(tmp_path):
 
 def test_load_from_checkpoint_round_trips_hparams_and_lambda(tmp_path):
     L.seed_everything(0)
-    data = _data()
+    data = tiny_meta_datamodule()
     module = _module(data, inner_steps=2, per_layer_lambda=True)
     trainer = _trainer(tmp_path, max_epochs=1, limit_val_batches=0, enable_checkpointing=False)
     trainer.fit(module, data)
@@ -178,7 +141,7 @@ def test_load_from_checkpoint_round_trips_hparams_and_lambda(tmp_path):
     for key in ("lambda_init", "inner_steps", "inner_lr", "rho_lr", "per_layer_lambda"):
         assert loaded.hparams[key] == module.hparams[key], key
     assert loaded.hparams.inner_steps == 2 and loaded.hparams.per_layer_lambda
-    assert list(loaded.tasks) == TASKS
+    assert list(loaded.tasks) == list(TASKS)
     assert loaded.current_lambda == module.current_lambda
     assert loaded.current_lambda != pytest.approx(1.0, abs=1e-6), "λ was learned"
     for name, value in module.state_dict().items():
@@ -190,12 +153,12 @@ def test_load_from_checkpoint_round_trips_hparams_and_lambda(tmp_path):
 
 def test_fit_with_validation_logs_the_task_metrics_and_sparsity(tmp_path):
     L.seed_everything(0)
-    data = _data()
+    data = tiny_meta_datamodule()
     module = _module(data)
     trainer = _trainer(
         tmp_path,
         max_epochs=1,
-        logger=CSVLogger(tmp_path, name="", version=""),
+        logger=csv_logger(tmp_path),
         callbacks=[SparsityMonitor()],
         enable_checkpointing=False,
     )

@@ -19,8 +19,8 @@ from lightning_mtl.models import (
     build_head,
 )
 from lightning_mtl.models.backbone import IMAGENET_MEAN, IMAGENET_STD
-
-TINY = {"width": 8, "layers": [1, 1, 1, 1]}
+from lightning_mtl.tasks import BinaryClassificationTask, DepthTask, SegmentationTask
+from tests.helpers import TINY_BACKBONE, tiny_backbone, tiny_model
 
 
 def _randomize_bn(model: nn.Module) -> None:
@@ -73,11 +73,9 @@ def test_conv_geometry_matches_torchvision(depth: int, output_stride: int) -> No
 def test_basic_block_dilation_and_output_stride() -> None:
     x = torch.rand(1, 3, 64, 64)
     for output_stride in (8, 16, 32):
-        model = DilatedResNet(depth=18, output_stride=output_stride, **TINY)
+        model = tiny_backbone(output_stride=output_stride)
         assert model(x).shape == (1, 64, 64 // output_stride, 64 // output_stride)
-    dilated = dict(
-        DilatedResNet(depth=18, output_stride=8, width=8, layers=[1, 1, 1, 2]).conv_layers()
-    )
+    dilated = dict(tiny_backbone(output_stride=8, layers=[1, 1, 1, 2]).conv_layers())
     assert dilated["layer3.0.conv1"].dilation == (1, 1)
     assert dilated["layer4.0.conv1"].dilation == (2, 2)
     assert dilated["layer4.1.conv2"].dilation == (4, 4)
@@ -98,12 +96,12 @@ def test_resnet50_conv_layers() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"depth": 18}, {"depth": 50}, {"depth": 50, "deep_stem": True}],
+    ("name", "options"),
+    [("resnet18", {}), ("resnet50", {}), ("resnet50", {"deep_stem": True})],
     ids=["resnet18", "resnet50", "resnet50-deep-stem"],
 )
-def test_conv_layers_in_forward_order(kwargs: dict) -> None:
-    model = DilatedResNet(**kwargs, width=8, layers=[2, 1, 1, 1])
+def test_conv_layers_in_forward_order(name: str, options: dict) -> None:
+    model = tiny_backbone(name, **options, layers=[2, 1, 1, 1])
     executed: list[str] = []
     for name, conv in model.conv_layers():
         conv.register_forward_hook(lambda *_, name=name: executed.append(name))
@@ -113,20 +111,20 @@ def test_conv_layers_in_forward_order(kwargs: dict) -> None:
 
 
 def test_deep_stem() -> None:
-    model = DilatedResNet(depth=18, deep_stem=True, **TINY)
+    model = tiny_backbone(deep_stem=True)
     stem = [(n, c.in_channels, c.out_channels, c.stride) for n, c in model.conv_layers()[:3]]
     assert stem == [("conv1.0", 3, 4, (2, 2)), ("conv1.3", 4, 4, (1, 1)), ("conv1.6", 4, 8, (1, 1))]
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 64, 4, 4)
 
 
 def test_width_and_out_channels() -> None:
-    assert DilatedResNet(depth=18, **TINY).out_channels == 64
-    assert DilatedResNet(depth=50, **TINY).out_channels == 256
-    assert DilatedResNet(depth=50, width=16, layers=[1, 1, 1, 1]).layer2[0].conv1.in_channels == 64
+    assert tiny_backbone("resnet18").out_channels == 64
+    assert tiny_backbone("resnet50").out_channels == 256
+    assert tiny_backbone("resnet50", width=16).layer2[0].conv1.in_channels == 64
 
 
 def test_normalisation_buffers_not_in_state_dict() -> None:
-    model = DilatedResNet(depth=18, **TINY)
+    model = tiny_backbone()
     assert "mean" not in model.state_dict()
     assert "fc.weight" not in model.state_dict()
 
@@ -138,7 +136,7 @@ def test_bad_arguments() -> None:
         DilatedResNet(output_stride=4)
     with pytest.raises(ValueError, match="resnet18"):
         build_backbone("vgg16")
-    assert build_backbone("resnet18", **TINY).out_channels == 64
+    assert build_backbone("resnet18", **TINY_BACKBONE).out_channels == 64
 
 
 @pytest.fixture
@@ -184,13 +182,13 @@ def test_imagenet_weights_need_standard_architecture() -> None:
 def test_local_weights_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="imagenet"):
         DilatedResNet(depth=18, weights=str(tmp_path / "absent.pth"))
-    state = DilatedResNet(depth=18, width=16, layers=[1, 1, 1, 1]).state_dict()
+    state = tiny_backbone(width=16).state_dict()
     del state["layer4.0.bn2.bias"]
     state["extra.weight"] = torch.zeros(1)
     path = tmp_path / "state.pth"
     torch.save(state, path)
     with pytest.raises(ValueError, match="do not fit") as err:
-        DilatedResNet(depth=18, weights=str(path), **TINY)
+        tiny_backbone(weights=str(path))
     message = str(err.value)
     assert "missing keys: layer4.0.bn2.bias" in message
     assert "unexpected keys: extra.weight" in message
@@ -224,15 +222,12 @@ def test_build_head() -> None:
 
 
 def _tiny_model() -> MultiTaskModel:
-    backbone = DilatedResNet(depth=18, **TINY)
-    return MultiTaskModel(
-        backbone,
-        {
-            "seg": build_head("dense", backbone.out_channels, 4, channels=8),
-            "depth": build_head("dense", backbone.out_channels, 1, channels=8),
-            "male": build_head("classification", backbone.out_channels, 1),
-        },
-    )
+    tasks = {
+        "seg": SegmentationTask(num_classes=4),
+        "depth": DepthTask(),
+        "male": BinaryClassificationTask("male"),
+    }
+    return tiny_model(tasks)
 
 
 def test_multitask_runs_backbone_once_and_upsamples() -> None:
@@ -262,4 +257,4 @@ def test_multitask_model_scripts() -> None:
 
 def test_multitask_needs_heads() -> None:
     with pytest.raises(ValueError, match="head"):
-        MultiTaskModel(DilatedResNet(depth=18, **TINY), {})
+        MultiTaskModel(tiny_backbone(), {})

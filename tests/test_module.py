@@ -10,25 +10,16 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 
 from lightning_mtl import ProxAdamW, register_task, sparsity_stats
 from lightning_mtl.callbacks import SparsityMonitor
-from lightning_mtl.tasks import TASK_REGISTRY
+from tests.helpers import ForegroundTask, csv_logger, tiny_datamodule, tiny_module, tiny_trainer
 
 
 def _trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    defaults = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "max_epochs": 2,
-        "logger": CSVLogger(tmp_path, name="", version=""),
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "log_every_n_steps": 1,
-        "deterministic": True,
-    }
-    return L.Trainer(default_root_dir=tmp_path, **{**defaults, **kwargs})
+    """2 deterministic epochs, every step logged to tmp_path/metrics.csv."""
+    logging = {"logger": csv_logger(tmp_path), "log_every_n_steps": 1}
+    return tiny_trainer(tmp_path, **{"max_epochs": 2, "deterministic": True, **logging, **kwargs})
 
 
 def _metric_keys(run_dir: Path) -> set[str]:
@@ -36,9 +27,9 @@ def _metric_keys(run_dir: Path) -> set[str]:
         return set(next(csv.reader(f)))
 
 
-def test_fit_logs_the_stable_keys_and_sparsifies(tmp_path, tiny_data, tiny_module):
+def test_fit_logs_the_stable_keys_and_sparsifies(tmp_path):
     L.seed_everything(0)
-    data = tiny_data()
+    data = tiny_datamodule()
     model = tiny_module(data, lambda_=0.5, optimizer=functools.partial(ProxAdamW, lr=1e-2))
     trainer = _trainer(tmp_path, callbacks=[SparsityMonitor()])
     trainer.fit(model, data)
@@ -66,12 +57,12 @@ def test_fit_logs_the_stable_keys_and_sparsifies(tmp_path, tiny_data, tiny_modul
     assert float(model.weighting.log_vars.abs().sum()) > 0, "uncertainty weights are trained"
 
 
-def test_resume_continues_exactly(tmp_path, tiny_data, tiny_module):
+def test_resume_continues_exactly(tmp_path):
     """4 epochs in one go == 2 epochs, checkpoint, 2 more epochs in a new Trainer."""
 
     def run(root: Path, max_epochs: int, ckpt_path: str | None = None):
         L.seed_everything(3)
-        data = tiny_data()
+        data = tiny_datamodule()
         model = tiny_module(data, lambda_=0.05, optimizer=functools.partial(ProxAdamW, lr=1e-2))
         ckpt = ModelCheckpoint(dirpath=root / "checkpoints", save_last=True)
         trainer = _trainer(root, max_epochs=max_epochs, callbacks=[ckpt])
@@ -97,13 +88,11 @@ def test_resume_continues_exactly(tmp_path, tiny_data, tiny_module):
     assert sparsity_stats(straight.sparse_weights()).group_pct > 0
 
 
-def test_prox_runs_once_per_optimizer_step_under_accumulation(
-    tmp_path, tiny_data, tiny_module, monkeypatch
-):
+def test_prox_runs_once_per_optimizer_step_under_accumulation(tmp_path, monkeypatch):
     calls = []
     original = ProxAdamW.apply_prox
     monkeypatch.setattr(ProxAdamW, "apply_prox", lambda self: calls.append(1) or original(self))
-    data = tiny_data()  # 16 train images, batch 4: 4 batches, 2 optimizer steps per epoch
+    data = tiny_datamodule()  # 16 train images, batch 4: 4 batches, 2 optimizer steps per epoch
     model = tiny_module(data, lambda_=0.1)
     trainer = _trainer(tmp_path, max_epochs=2, accumulate_grad_batches=2)
     trainer.fit(model, data)
@@ -111,8 +100,8 @@ def test_prox_runs_once_per_optimizer_step_under_accumulation(
     assert len(calls) == 4
 
 
-def test_prox_start_epoch_keeps_the_first_epochs_dense(tmp_path, tiny_data, tiny_module):
-    data = tiny_data()
+def test_prox_start_epoch_keeps_the_first_epochs_dense(tmp_path):
+    data = tiny_datamodule()
     model = tiny_module(
         data, lambda_=5.0, prox_start_epoch=1, optimizer=functools.partial(ProxAdamW, lr=1e-2)
     )
@@ -126,8 +115,8 @@ def test_prox_start_epoch_keeps_the_first_epochs_dense(tmp_path, tiny_data, tiny
     assert model.current_lambda == 5.0
 
 
-def test_param_groups_are_the_modules_and_overridable(tiny_data, tiny_module):
-    data = tiny_data()
+def test_param_groups_are_the_modules_and_overridable():
+    data = tiny_datamodule()
     model = tiny_module(
         data, lambda_=1e-3, param_groups={"heads": {"lr": 5e-3, "weight_decay": 0.1}}
     )
@@ -144,21 +133,15 @@ def test_param_groups_are_the_modules_and_overridable(tiny_data, tiny_module):
     assert [g["lr"] for g in optimizer.param_groups] == [1e-4, 1e-4, 5e-3, 1e-4]
 
 
-def test_a_new_task_by_subclassing_trains(tmp_path, tiny_data, tiny_module):
-    from tests.test_tasks import ForegroundTask
-
-    saved = dict(TASK_REGISTRY)
-    try:
-        register_task("fg")(ForegroundTask)
-        data = tiny_data(tasks=("seg", "depth"))
-        model = tiny_module(data, tasks=("depth", "fg"))
-        trainer = _trainer(tmp_path, max_epochs=1)
-        trainer.fit(model, data)
-        assert "val/fg/fg_acc" in trainer.callback_metrics
-        assert 0.0 <= float(trainer.callback_metrics["val/fg/fg_acc"]) <= 1.0
-    finally:
-        for name in set(TASK_REGISTRY) - set(saved):
-            TASK_REGISTRY.unregister(name)
+@pytest.mark.usefixtures("registries")
+def test_a_new_task_by_subclassing_trains(tmp_path):
+    register_task("fg")(ForegroundTask)
+    data = tiny_datamodule(tasks=("seg", "depth"))
+    model = tiny_module(data, tasks=("depth", "fg"))
+    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, data)
+    assert "val/fg/fg_acc" in trainer.callback_metrics
+    assert 0.0 <= float(trainer.callback_metrics["val/fg/fg_acc"]) <= 1.0
 
 
 @pytest.mark.parametrize(
@@ -178,23 +161,23 @@ def test_a_new_task_by_subclassing_trains(tmp_path, tiny_data, tiny_module):
         ({"backbone": "resnet152"}, r"resnet152"),
     ],
 )
-def test_bad_configuration_fails_at_start_up(tiny_data, tiny_module, overrides, message):
-    data = tiny_data()
+def test_bad_configuration_fails_at_start_up(overrides, message):
+    data = tiny_datamodule()
     with pytest.raises(ValueError, match=message):
         tiny_module(data, **overrides)
 
 
-def test_task_the_datamodule_does_not_provide_is_rejected(tiny_data, tiny_module):
+def test_task_the_datamodule_does_not_provide_is_rejected():
     from lightning_mtl import MultiTaskLightningModule
 
-    targets = {k: v for k, v in tiny_data().targets.items() if k != "normal"}
+    targets = {k: v for k, v in tiny_datamodule().targets.items() if k != "normal"}
     with pytest.raises(
         ValueError, match=r"reads batch key 'normal', which the datamodule does not"
     ):
         MultiTaskLightningModule(tasks=["seg", "normal"], targets=targets)
 
 
-def test_lambda_without_a_prox_optimizer_is_rejected(tiny_data, tiny_module):
-    model = tiny_module(tiny_data(), lambda_=1e-3, optimizer=torch.optim.SGD)
+def test_lambda_without_a_prox_optimizer_is_rejected():
+    model = tiny_module(tiny_datamodule(), lambda_=1e-3, optimizer=torch.optim.SGD)
     with pytest.raises(ValueError, match="needs an optimizer that applies the prox"):
         model.configure_optimizers()

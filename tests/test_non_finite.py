@@ -3,28 +3,20 @@ leaves the last checkpoint (written before it) intact and finite."""
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_mtl import MultiTaskLightningModule
 from lightning_mtl.modules import NonFiniteError
+from tests.helpers import tiny_datamodule, tiny_module, tiny_trainer
 
 BAD_STEP = 2
 
 
 def fit_until_it_breaks(module, data, tmp_path):
     checkpoints = ModelCheckpoint(tmp_path, every_n_train_steps=1, save_last=True)
-    trainer = L.Trainer(
-        max_epochs=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[checkpoints],
-        default_root_dir=tmp_path,
-    )
+    trainer = tiny_trainer(tmp_path, max_epochs=2, limit_val_batches=0, callbacks=[checkpoints])
     with pytest.raises(NonFiniteError) as error:
         trainer.fit(module, data)
     return str(error.value), tmp_path / "last.ckpt"
@@ -39,8 +31,8 @@ def assert_last_checkpoint_is_the_step_before(path):
     MultiTaskLightningModule.load_from_checkpoint(path)  # loads
 
 
-def test_nan_loss_names_the_task_and_step(tiny_data, tiny_module, tmp_path):
-    data = tiny_data()
+def test_nan_loss_names_the_task_and_step(tmp_path):
+    data = tiny_datamodule()
     module = tiny_module(data)
     depth = module.tasks["depth"]
     loss = type(depth).loss
@@ -55,8 +47,8 @@ def test_nan_loss_names_the_task_and_step(tiny_data, tiny_module, tmp_path):
     assert_last_checkpoint_is_the_step_before(last)
 
 
-def test_inf_gradient_names_the_parameter_and_step(tiny_data, tiny_module, tmp_path):
-    data = tiny_data()
+def test_inf_gradient_names_the_parameter_and_step(tmp_path):
+    data = tiny_datamodule()
     module = tiny_module(data)
     weight = module.model.heads["seg"][-1].weight
 

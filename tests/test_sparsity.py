@@ -23,6 +23,7 @@ from lightning_mtl.sparsity import (
 )
 from lightning_mtl.sparsity.groups import group_sum
 from lightning_mtl.sparsity.operators import group_lasso
+from lightning_mtl.sparsity.stats import dead_groups_warning
 
 GROUP_BYS = ["in_channel", "out_channel"]
 
@@ -345,3 +346,14 @@ def test_group_sparsity_lambdas_per_layer():
         settings.check_layers(["a"])
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.lambda_ = 1.0
+
+
+def test_dead_groups_warning_only_when_every_group_is_zero():
+    live = {"a": torch.zeros(2, 3, 1, 1), "b": torch.ones(1, 2, 3, 3)}
+    assert dead_groups_warning(live, "in_channel", "epoch 1") is None
+    dead = {"a": torch.zeros(2, 3, 1, 1), "b": torch.zeros(1, 2, 3, 3)}
+    message = dead_groups_warning(dead, "in_channel", "step 7", 0.12345, advice="do X")
+    assert message is not None
+    assert message.startswith("every channel group of the grouped convs is zero at step 7")
+    assert "(λ=0.123)" in message and message.endswith("do X.")
+    assert "(λ=?)" in dead_groups_warning(dead, "out_channel", "epoch 0")

@@ -1,7 +1,6 @@
 """Built-in tasks (losses, metric collections, visuals), task resolution and a user-defined task."""
 
 import math
-from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MetricCollection
 
-from lightning_mtl.metrics import MeanOfValues
 from lightning_mtl.tasks import (
     TASK_REGISTRY,
     BinaryClassificationTask,
@@ -23,6 +21,7 @@ from lightning_mtl.tasks import (
     build_task,
     register_task,
 )
+from tests.helpers import ForegroundTask
 
 BUILTINS = {
     "seg": SegmentationTask,
@@ -37,15 +36,6 @@ NYU_TARGETS = {
     "normal": TargetSpec("normal"),
 }
 CELEBA_TARGETS = {"seg": TargetSpec("seg", num_classes=3), "male": TargetSpec("binary")}
-
-
-@pytest.fixture
-def registry():
-    """Restore the task registry after a test that registers tasks."""
-    saved = dict(TASK_REGISTRY)
-    yield TASK_REGISTRY
-    for name in set(TASK_REGISTRY) - set(saved):
-        TASK_REGISTRY.unregister(name)
 
 
 def _make(kind: str) -> Task:
@@ -106,7 +96,8 @@ def test_build_task_rejects_targets_the_datamodule_lacks():
         build_task("seg", {"seg": TargetSpec("seg")})
 
 
-def test_register_task_rejects_duplicates_and_missing_main_metric(registry):
+@pytest.mark.usefixtures("registries")
+def test_register_task_rejects_duplicates_and_missing_main_metric():
     with pytest.raises(ValueError, match="already registered to SegmentationTask"):
         register_task("seg")(DepthTask)
 
@@ -347,39 +338,11 @@ def test_seg_visualize_palette_is_fixed_and_ignore_is_black():
     assert torch.equal(SegmentationTask(num_classes=13).visualize(pred, target)[1], target_img)
 
 
-# --- a user-defined task: subclass `Task`, register, build ------------------------------------
-# Kept self-contained so an end-to-end training test can reuse `ForegroundTask`.
+# --- a user-defined task (`ForegroundTask`): subclass `Task`, register, build ----------------
 
 
-class ForegroundAccuracy(MeanOfValues):
-    higher_is_better = True
-
-    def values(self, preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        return ((preds > 0.5) == (target > 0)).float(), target != 255
-
-
-class ForegroundTask(Task):
-    """Foreground (any class but 0) vs background, learnt from the `seg` labels."""
-
-    higher_is_better: ClassVar[dict[str, bool]] = {"fg_acc": True}
-    main_metric = "fg_acc"
-    out_channels = 1
-
-    def __init__(self, key: str = "fg", target_key: str = "seg") -> None:
-        super().__init__(key, target_key)
-
-    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        fg, labelled = (target > 0).float(), (target != 255).float()
-        return F.binary_cross_entropy_with_logits(pred[:, 0], fg, weight=labelled)
-
-    def build_metrics(self) -> MetricCollection:
-        return MetricCollection({"fg_acc": ForegroundAccuracy()})
-
-    def metric_input(self, pred: Tensor) -> Tensor:
-        return pred[:, 0].sigmoid()
-
-
-def test_user_task_registers_builds_and_scores(registry):
+@pytest.mark.usefixtures("registries")
+def test_user_task_registers_builds_and_scores():
     register_task("fg")(ForegroundTask)
     task = build_task("fg", NYU_TARGETS)
     assert isinstance(task, ForegroundTask)

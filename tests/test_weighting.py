@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from lightning_mtl.weighting import (
-    WEIGHTINGS,
     EqualWeighting,
     LossWeighting,
     UncertaintyWeighting,
@@ -83,6 +82,7 @@ def test_task_keys_validated() -> None:
         UncertaintyWeighting([])
 
 
+@pytest.mark.usefixtures("registries")
 def test_build_and_register() -> None:
     assert isinstance(build_weighting("equal", KEYS), EqualWeighting)
     assert isinstance(build_weighting("uncertainty", KEYS), UncertaintyWeighting)
@@ -94,7 +94,4 @@ def test_build_and_register() -> None:
         def combine(self, losses: Tensor) -> Tensor:
             return losses.max()
 
-    try:
-        assert build_weighting("max", KEYS)(_losses()).item() == pytest.approx(2.0)
-    finally:
-        WEIGHTINGS.unregister("max")
+    assert build_weighting("max", KEYS)(_losses()).item() == pytest.approx(2.0)

@@ -31,7 +31,7 @@ class BenchOptions:
         min_run_time: seconds per timing.
         meta_backbone: the meta part's own (smaller) model: meta-sparsity outer step vs MTL step.
         meta_width: stem/first-stage channels (ResNet: 64).
-        meta_layers: blocks per stage (ResNet-50: 3 4 6 3).
+        meta_layers: blocks per stage (ResNet-50: [3, 4, 6, 3]).
         meta_head_channels: channels of the meta part's heads.
         meta_image_size: side of the meta part's square inputs.
         meta_batch_size: b: MTL batch = support = query size.

@@ -17,9 +17,10 @@ from lightning_mtl.meta.inner_loop import INNER_SPARSITY, adapt, group_lasso
 from lightning_mtl.modules.base import MultiTaskModuleBase
 from lightning_mtl.modules.finite import check_finite_losses
 from lightning_mtl.modules.multitask import MultiTaskLightningModule
-from lightning_mtl.sparsity import GroupSparsity, ProxAdamW, live_groups
+from lightning_mtl.sparsity import GroupSparsity, ProxAdamW
 from lightning_mtl.sparsity.config import ProxMetric
 from lightning_mtl.sparsity.groups import GroupBy
+from lightning_mtl.sparsity.stats import dead_groups_warning
 from lightning_mtl.targets import TargetSpec
 from lightning_mtl.tasks import Task
 
@@ -240,7 +241,8 @@ class MetaSparsityModule(MultiTaskModuleBase):
 
     def training_step(self, meta_batch: Sequence[MetaTask], batch_idx: int) -> Tensor:
         result = self.meta_loss(meta_batch)
-        check_finite_losses(result.query_losses, self.global_step)  # the gradients: see parent
+        # the gradients are checked in on_before_optimizer_step
+        check_finite_losses(result.query_losses, self.global_step)
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         grads = torch.autograd.grad(result.loss, [p for _, p in named], allow_unused=True)
         grads = [
@@ -291,15 +293,17 @@ class MetaSparsityModule(MultiTaskModuleBase):
     def _warn_if_all_dead(self) -> None:
         if self._warned_dead:
             return
-        if not any(
-            bool(live_groups(w, self.hparams.group_by).any()) for _, w in self.sparse_weights()
-        ):
+        warning = dead_groups_warning(
+            self.sparse_weights(),
+            self.hparams.group_by,
+            f"step {self.global_step}",
+            self.current_lambda,
+            advice="λ's hypergradient is 0 from here on; start from a smaller lambda_init or "
+            "lower rho_lr",
+        )
+        if warning is not None:
             self._warned_dead = True
-            rank_zero_warn(
-                f"every channel group of the sparse convs is zero at step {self.global_step} "
-                f"(λ={self.current_lambda:.3g}): the hypergradient of λ is 0 from here on and "
-                "the backbone outputs nothing. Start from a smaller lambda_init or lower rho_lr."
-            )
+            rank_zero_warn(warning)
 
     # -- optimisation ------------------------------------------------------------------------
 

@@ -1,11 +1,12 @@
 """Worker for test_ddp: a real 2-process CPU DDP (gloo) fit with the prox on, then a validate.
 
-Run as `python tests/ddp_fit.py OUT_DIR [--sync-batchnorm]`; Lightning's launcher re-runs this
-script for rank 1. Each rank saves OUT_DIR/rank{r}.pt: its final state dict, the classes of its
-BatchNorm layers during fit, its BatchNorm buffers after its last training step (before the
-epoch-end validation, whose first forward broadcasts rank 0's buffers), a fingerprint of every
-training batch it saw, and the metrics of a `trainer.validate` after fit on a validation split
-of 9 samples (rank 0 gets 5 in 2 batches, rank 1 gets 4 in 1 batch) with what it validated on.
+Run as `python tests/workers/ddp_fit.py OUT_DIR [--sync-batchnorm]`; Lightning's launcher re-runs
+this script for rank 1. It fits `ddp_fit_setup()` (tests/helpers.py). Each rank saves
+OUT_DIR/rank{r}.pt: its final state dict, the classes of its BatchNorm layers during fit, its
+BatchNorm buffers after its last training step (before the epoch-end validation, whose first
+forward broadcasts rank 0's buffers), a fingerprint of every training batch it saw, and the
+metrics of a `trainer.validate` after fit on a validation split of 9 samples (rank 0 gets 5 in 2
+batches, rank 1 gets 4 in 1 batch) with what it validated on.
 
 `--sync-batchnorm` fits with `Trainer(sync_batchnorm=True)`. Torch's `SyncBatchNorm` runs on
 GPUs only (no CPU kernels for its batch statistics, and DDP refuses a CPU module holding one),
@@ -17,7 +18,6 @@ all-reduce (`_GlooSyncBatchNorm`, not a `SyncBatchNorm` subclass).
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
@@ -29,28 +29,9 @@ from lightning.pytorch.plugins.layer_sync import TorchSyncBatchNorm
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from datamodules import SyntheticDataModule
-from lightning_mtl import MultiTaskLightningModule, ProxAdamW
-from tests.conftest import DDP_TRAINER, TINY_DATA, TINY_MODEL
-
-TASKS = ["seg", "depth", "normal"]
-#: 9 validation samples on 2 ranks at batch size 4: 5 (2 batches) and 4 (1 batch)
-DATA = {**TINY_DATA, "num_val": 9}
-
-
-def build(lambda_: float = 0.2) -> tuple[SyntheticDataModule, MultiTaskLightningModule]:
-    """The datamodule and module of this worker (the test rebuilds them to validate alone)."""
-    data = SyntheticDataModule(tasks=TASKS, **DATA)
-    model = MultiTaskLightningModule(
-        tasks=TASKS,
-        targets=data.targets,
-        lambda_=lambda_,
-        optimizer=functools.partial(ProxAdamW, lr=1e-2),
-        **TINY_MODEL,
-    )
-    return data, model
+from tests.helpers import DDP_TRAINER, ddp_fit_setup
 
 
 class _GlooSyncBatchNorm(_BatchNorm):
@@ -131,7 +112,7 @@ class Record(L.Callback):
 def main(out: Path, sync_batchnorm: bool) -> None:
     torch.set_num_threads(1)  # two processes on a small CPU: no oversubscription
     L.seed_everything(0)
-    data, model = build()
+    data, model = ddp_fit_setup()
     record, layer_sync = Record(), GlooSyncBatchNorm()
     trainer = L.Trainer(
         **DDP_TRAINER,
