@@ -11,9 +11,6 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 from tests import helpers
 
-# still imported from here by tests/test_sweep_report.py; import them from tests.helpers
-from tests.helpers import TINY_DATA, TINY_MODEL  # noqa: F401
-
 
 @pytest.fixture
 def sparse_checkpoint(tmp_path):

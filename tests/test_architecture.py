@@ -208,3 +208,35 @@ def test_datamodules_import_only_the_contract():
 def test_nothing_imports_the_cli():
     importers = sorted(n for n, edges in GRAPH.items() if "lightning_mtl.cli.main" in edges)
     assert importers == [], f"the CLI entry is imported by {importers}"
+
+
+#: what a test may import of the test folder: the shared helpers, nothing else
+TEST_SUPPORT = ("tests.helpers",)
+
+
+def _test_imports(path: Path) -> set[str]:
+    """The `tests.*` modules a file under tests/ imports (relative imports resolved)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "tests")
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(["tests", *([base] if base else [])])
+            if base == "tests":  # `from tests import helpers`
+                found.update(f"tests.{a.name}" for a in node.names)
+            elif base.split(".")[0] == "tests":
+                found.add(base)
+    return found
+
+
+def test_no_test_imports_another_test_module():
+    offenders = {
+        path.name: sorted(m for m in _test_imports(path) if m not in TEST_SUPPORT)
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+    }
+    offenders = {name: mods for name, mods in offenders.items() if mods}
+    assert not offenders, (
+        f"test files import test modules (only {TEST_SUPPORT} is shared): {offenders}"
+    )

@@ -11,7 +11,7 @@ import yaml
 from datamodules.celebamask import write_synthetic_celebamask
 from datamodules.nyuv2 import write_synthetic_nyuv2
 from lightning_mtl.cli.main import JOBS, Job, main
-from tests.wandb_records import history_keys
+from tests.helpers import history_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

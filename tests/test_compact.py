@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_mtl.benchmarks.compaction import benchmark_compaction, zero_random_groups
-from lightning_mtl.models import ClassificationHead, DeepLabV3Head, DilatedResNet, MultiTaskModel
+from lightning_mtl.models import ClassificationHead, DeepLabV3Head, MultiTaskModel
 from lightning_mtl.reporting.figures import latency_plot, save_figure
 from lightning_mtl.sparsity import live_groups
 from lightning_mtl.sparsity.compact import (
@@ -23,13 +23,14 @@ from lightning_mtl.sparsity.compact import (
     load_compacted,
     save_compacted,
 )
+from tests.helpers import tiny_backbone
 
 RTOL = 1e-5
 IMAGES = 32
 
 
 def _model(depth: int = 18, **backbone_options) -> MultiTaskModel:
-    backbone = DilatedResNet(depth, width=8, layers=[1, 1, 1, 2], **backbone_options)
+    backbone = tiny_backbone(f"resnet{depth}", layers=[1, 1, 1, 2], **backbone_options)
     heads = {
         "seg": DeepLabV3Head(backbone.out_channels, 5, channels=8, atrous_rates=(2, 4, 6)),
         "attr": ClassificationHead(backbone.out_channels, 3, hidden=8),
@@ -125,7 +126,7 @@ def test_residual_stream_channels_go_only_when_every_reader_has_them_zero():
 
 
 def test_bare_backbone_keeps_its_output_channels():
-    backbone = DilatedResNet(50, width=8, layers=[1, 1, 1, 2])
+    backbone = tiny_backbone("resnet50", layers=[1, 1, 1, 2])
     _sparsify(backbone, seed=3)
     with torch.no_grad():
         backbone.layer4[1].conv1.weight.zero_()  # the only conv reading the output stream
@@ -165,7 +166,7 @@ def test_a_dense_model_is_left_alone():
 
 
 def test_unsupported_modules_are_named():
-    backbone = DilatedResNet(18, width=8, layers=[1, 1, 1, 1])
+    backbone = tiny_backbone()
     head = nn.Sequential(nn.Conv2d(64, 8, 1), nn.GroupNorm(2, 8), nn.Conv2d(8, 2, 1))
     with pytest.raises(ValueError, match=r"'heads.bad.1' \(GroupNorm\)"):
         compact(MultiTaskModel(backbone, {"bad": head}))

@@ -80,7 +80,7 @@ def _batch_weighted_losses(model, dataset, batches: list[list[int]]) -> dict[str
     model.eval()
     with torch.no_grad():
         for indices in batches:
-            _, losses = model._shared_step(default_collate([dataset[i] for i in indices]))
+            _, losses = model.task_losses(default_collate([dataset[i] for i in indices]))
             named = {"val/loss": sum(losses.values())}
             named |= {f"val/{key}/loss": loss for key, loss in losses.items()}
             for name, loss in named.items():

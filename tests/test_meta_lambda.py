@@ -17,14 +17,8 @@ C_IN = 16  # input channels = the groups of the 1×1 conv's weight [1, C_IN, 1, 
 SIGNAL = 3  # the "noise" problem's channels with a true weight; the other 13 are pure noise
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tensors are tiny: intra-op threads only add synchronisation (10× slower on a busy
-    machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: the tensors are tiny: intra-op threads only add synchronisation (10× slower on a busy machine)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def meta_train(

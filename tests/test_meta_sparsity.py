@@ -176,7 +176,8 @@ def test_all_groups_dead_warns_and_keeps_training(samples):
     batch = meta_batch(samples)
     loader = torch.utils.data.DataLoader([batch, batch], batch_size=None, collate_fn=None)
     trainer = tiny_trainer(max_steps=2, enable_checkpointing=False)
-    with pytest.warns(UserWarning, match="every channel group of the grouped convs is zero at step"):
+    dead = "every channel group of the grouped convs is zero at step"
+    with pytest.warns(UserWarning, match=dead):
         trainer.fit(module, train_dataloaders=loader)
     assert trainer.global_step == 2
     assert all(p.isfinite().all() for p in module.parameters())

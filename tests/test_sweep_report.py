@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lightning_mtl.pipelines.sweep import grid, load_sweep, run_sweep
 
 from lightning_mtl.cli.main import main
 from lightning_mtl.pipelines.report import report
-from tests.conftest import TINY_DATA, TINY_MODEL
-from tests.wandb_records import run_config
+from lightning_mtl.pipelines.sweep import grid, load_sweep, run_sweep
+from tests.helpers import TINY_DATA, TINY_MODEL, run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = [["seg"], ["depth"], ["seg", "depth"]]
