@@ -19,7 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
 from lightning_mtl.callbacks import PredictionSamples, RunSummary, SparsityMonitor
-from lightning_mtl.modules import MultiTaskLightningModule
+from lightning_mtl.modules import MultiTaskLightningModule, MultiTaskModuleBase
 from lightning_mtl.runs import run_fields, run_name
 from lightning_mtl.tasks import TASK_REGISTRY
 
@@ -159,7 +159,7 @@ def wandb_offline() -> bool:
 def build_cli(
     args: Sequence[str],
     cli_class: type[LightningMTLCLI] = LightningMTLCLI,
-    model_class: type[MultiTaskLightningModule] = MultiTaskLightningModule,
+    model_class: type[MultiTaskModuleBase] = MultiTaskLightningModule,
     datamodule_class: type[LightningDataModule] = LightningDataModule,
     run: bool = True,
 ) -> LightningMTLCLI:
