@@ -26,6 +26,19 @@ def check(data: Literal["nyuv2", "celebamask"], root: str, format: str = "auto")
     return check_celebamask(root)
 
 
+def notes(data: Literal["nyuv2", "celebamask"], root: str, format: str = "auto") -> list[str]:
+    """What to know about how a root is read that is not a problem (e.g. an NYUD-MT root
+    without a test list is evaluated on val); a root that cannot be read has none."""
+    if data != "nyuv2":
+        return []
+    from datamodules.nyuv2 import resolve
+
+    try:
+        return resolve(root, format).notes
+    except (OSError, ValueError):  # `check` reports why
+        return []
+
+
 def parser(prog: str = "lightning-mtl data") -> ArgumentParser:
     """The `data` command line: subcommand `check` with the options of `check`."""
     parser = ArgumentParser(prog=prog, description="Check a dataset root before training on it.")
@@ -44,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parser().parse_args(argv).check
     problems = check(options.data, options.root, options.format)
     console = Console()
+    for note in notes(options.data, options.root, options.format):
+        console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True, highlight=False)
     for problem in problems:
         console.print(f"[red]problem:[/red] {problem}", soft_wrap=True, highlight=False)
     if problems:

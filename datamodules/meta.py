@@ -243,6 +243,11 @@ class MetaTaskDataModule(ResumableTrainLoader, LightningDataModule):
         """Everything the wrapped datamodule can provide, by batch key."""
         return self.datamodule.targets
 
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """The wrapped datamodule's image size (H, W), if it has one."""
+        return getattr(self.datamodule, "image_size", None)
+
     def prepare_data(self) -> None:
         self.datamodule.prepare_data()
 

@@ -46,3 +46,13 @@ def test_a_config_file_gives_the_options(tmp_path, capsys):
     code, out = _check(capsys, "--config", str(config))
     assert code == 0
     assert f"{root}: no problems found (nyuv2)" in out.replace("\n", "")
+
+
+def test_nyud_mt_without_a_test_list_is_a_note_not_a_problem(tmp_path, capsys):
+    root = write_synthetic_nyuv2(tmp_path / "nyu", "nyud_mt", 4, 2, (24, 32), 0)
+    (root / "gt_sets" / "test.txt").rename(root / "gt_sets" / "val.txt")
+    code, out = _check(capsys, "--data", "nyuv2", "--root", str(root))
+    out = out.replace("\n", "")
+    assert code == 0
+    assert f"note: {root}: no {root / 'gt_sets' / 'test.txt'}; the test split is the val" in out
+    assert "no problems found" in out

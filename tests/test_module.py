@@ -151,7 +151,7 @@ def test_a_new_task_by_subclassing_trains(tmp_path):
         ({"lambda_": -1e-3}, r"lambda_ must be >= 0"),
         (
             {"prox_metric": "fista"},
-            r"unknown prox_metric 'fista'; allowed: \['adaptive', 'euclidean'\]",
+            r"unknown prox_metric 'fista'; allowed: \['adaptive', 'euclidean', 'uncorrected'\]",
         ),
         ({"penalty": "l0"}, r"unknown penalty 'l0'"),
         ({"group_by": "kernel"}, r"unknown group_by 'kernel'"),

@@ -151,6 +151,61 @@ def test_nyud_mt_uses_its_own_val_list(copy_root: Callable[[str], Path]) -> None
     assert len(dm.datasets["train"]) == N_TRAIN - 3
 
 
+def test_nyud_mt_without_a_test_list_is_evaluated_on_val(
+    copy_root: Callable[[str], Path],
+) -> None:
+    """Vandenhende's and ASTMT's NYUD-MT copies list only gt_sets/{train,val}.txt."""
+    root = copy_root("nyud_mt")
+    sets = root / "gt_sets"
+    (sets / "test.txt").rename(sets / "val.txt")
+    val_ids = (sets / "val.txt").read_text().split()
+    assert resolve(root).format.name == "nyud_mt"
+    with pytest.warns(UserWarning, match="the test split is the val split") as warned:
+        dm = _datamodule(root)
+    notes = [str(w.message) for w in warned if "test split is the val split" in str(w.message)]
+    assert len(notes) == 1 and str(root) in notes[0] and str(sets / "test.txt") in notes[0]
+    assert [s.id for s in dm.datasets["val"].records] == val_ids
+    assert [s.id for s in dm.datasets["test"].records] == val_ids
+    assert len(dm.datasets["train"]) == N_TRAIN
+    assert len(next(iter(dm.test_dataloader()))["image"]) == min(4, N_TEST)
+    assert check_nyuv2(root) == [] and resolve(root).notes == notes
+    (sets / "val.txt").unlink()  # a train list alone is no NYUD-MT root
+    with pytest.raises(NYUv2DataError, match="matches no NYU-v2 layout"):
+        NYUv2DataModule(str(root))
+
+
+def test_nyud_mt_with_a_test_list_has_no_note(roots: dict[str, Path]) -> None:
+    assert resolve(roots["nyud_mt"]).notes == []
+
+
+def test_depth_per_image_max_normalisation(tmp_path: Path) -> None:
+    """Each image's depth / its largest depth, in every split; 0 stays invalid; off by default."""
+    root = write_synthetic_nyuv2(tmp_path / "nyu", "mtan", 4, 2, (2, 3), 0)
+    base = np.array([[0.0, 0.5, 1.0], [2.0, 4.0, 0.0]], dtype=np.float32)
+    files = sorted(root.glob("*/depth/*.npy"))
+    for k, path in enumerate(files):
+        np.save(path, (base * (k + 1))[..., None])  # image k: max depth 4·(k+1) m
+    expected = torch.tensor([[[0.0, 0.125, 0.25], [0.5, 1.0, 0.0]]])
+    options = {"tasks": ["depth"], "image_size": (2, 3), "val_fraction": 0.25}
+    dm = _datamodule(root, depth_normalisation="per_image_max", **options)
+    assert dm.hparams["depth_normalisation"] == "per_image_max"
+    seen = 0
+    for split in ("train", "val", "test"):
+        for item in dm.datasets[split]:
+            torch.testing.assert_close(item["depth"], expected, rtol=0, atol=0)
+            seen += 1
+    assert seen == len(files) == 6
+    augmented = _datamodule(root, depth_normalisation="per_image_max", augment=True, **options)
+    for item in augmented.datasets["train"]:
+        assert item["depth"].max() <= 1 and (item["depth"] > 0).any()
+    metres = _datamodule(root, **options).datasets["test"]
+    for record, item in zip(metres.records, metres, strict=True):
+        k = files.index(record.files["depth"])
+        torch.testing.assert_close(item["depth"], torch.from_numpy(base * (k + 1))[None])
+    with pytest.raises(ValueError, match=r"depth_normalisation must be one of \['none'"):
+        NYUv2DataModule(str(root), depth_normalisation="global_max")  # type: ignore[arg-type]
+
+
 def test_class_count_choice(copy_root: Callable[[str], Path]) -> None:
     root = copy_root("png")
     assert NYUv2DataModule(str(root), num_classes=40).targets["seg"].num_classes == 40

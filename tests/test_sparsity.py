@@ -326,7 +326,7 @@ def test_a_registered_prox_operator_is_selected_by_penalty():
         ({"lambda_": float("inf")}, "lambda_ must be >= 0"),
         (
             {"prox_metric": "fista"},
-            r"unknown prox_metric 'fista'; allowed: \['adaptive', 'euclidean'\]",
+            r"unknown prox_metric 'fista'; allowed: \['adaptive', 'euclidean', 'uncorrected'\]",
         ),
         ({"group_by": "kernel"}, "unknown group_by 'kernel'"),
         ({"penalty": "l0"}, r"unknown penalty 'l0'; choose one of \['group_lasso', 'l1'"),

@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import get_args
+
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_mtl.targets import TargetSpec
 
 from ..base import MultiTaskDataModule, MultiTaskDataset, image_size_of, seeded_split
 from ..synthetic_root import write_root_once
 from ..transforms import JointTransform
-from .formats import FORMATS
+from .formats import FORMATS, DepthNormalisation
 from .reader import Layout, Sample, layout_of, resolve
 from .writer import write_synthetic_nyuv2
 
@@ -27,8 +30,13 @@ class NYUv2DataModule(MultiTaskDataModule):
 
     Splits: `test` is NYU's test split (MTAN's `val` folder); `val` is the format's own where
     it has one (NYUD-MT `gt_sets/val.txt`), else `val_fraction` of train drawn with `seed`, so
-    models are never selected on the test set. Train samples are augmented jointly
+    models are never selected on the test set. An NYUD-MT root with `gt_sets/val.txt` but no
+    `test.txt` (Vandenhende's and ASTMT's copies) is evaluated on val: `test` is then the val
+    split, and a warning says so at start-up. Train samples are augmented jointly
     (`JointTransform`) when `augment`; every split is resized to `image_size` (H, W).
+
+    `depth_normalisation="per_image_max"` divides each image's depth by its largest value in
+    every split (the reference code's normalisation; 0 stays invalid); "none" keeps metres.
 
     `synthesize=N` makes `prepare_data` write N train + N//4 test synthetic scenes into `root`
     in `format` (`mtan` for `auto`) when `root` does not exist yet.
@@ -44,6 +52,7 @@ class NYUv2DataModule(MultiTaskDataModule):
         image_size: tuple[int, int] = (288, 384),
         augment: bool = True,
         num_classes: int | None = None,
+        depth_normalisation: DepthNormalisation = "none",
         val_fraction: float = 0.1,
         seed: int = 0,
         synthesize: int = 0,
@@ -56,16 +65,25 @@ class NYUv2DataModule(MultiTaskDataModule):
             raise ValueError(f"need seed, synthesize >= 0, got {seed}, {synthesize}")
         if not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+        if depth_normalisation not in get_args(DepthNormalisation):
+            raise ValueError(
+                f"depth_normalisation must be one of {list(get_args(DepthNormalisation))}, "
+                f"got {depth_normalisation!r}"
+            )
         # `tasks` here are target keys; the model logs its own task list under the same name
         self.save_hyperparameters(ignore=["tasks"])
         self.root = Path(root)
         self.format = format
         self.augment = augment
         self.num_classes = num_classes
+        self.depth_normalisation = depth_normalisation
         self.val_fraction = val_fraction
         self.seed = seed
         self.synthesize = synthesize
         self.layout = self._inspect()
+        if self.root.exists():
+            for note in self.layout.notes:
+                rank_zero_warn(note)
         self.tasks = self.select_tasks(tasks, self.layout.targets, f"NYU-v2 at {self.root}")
 
     @property
@@ -103,6 +121,8 @@ class NYUv2DataModule(MultiTaskDataModule):
 
     def _splits(self) -> dict[str, list[Sample]]:
         splits = self.layout.samples()
+        if "test" not in splits:  # NYUD-MT with train.txt and val.txt only: evaluate on val
+            splits["test"] = splits["val"]
         if "val" not in splits:
             train = splits["train"]
             keep, val = seeded_split(
@@ -121,7 +141,9 @@ class NYUv2DataModule(MultiTaskDataModule):
     def setup(self, stage: str | None = None) -> None:
         """List the samples of every split (cheap: files are read on access)."""
         self.layout = resolve(self.root, self.format, self.num_classes)
-        reader = partial(self.layout.read, keys=self.tasks)
+        reader = partial(
+            self.layout.read, keys=self.tasks, depth_normalisation=self.depth_normalisation
+        )
         targets = {key: self.targets[key] for key in self.tasks}
         self.datasets = {
             split: MultiTaskDataset(

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -23,6 +23,11 @@ from lightning_mtl.targets import IGNORE_INDEX
 
 class NYUv2DataError(ValueError):
     """A file of an NYU-v2 root is missing, unreadable or holds unexpected values."""
+
+
+#: how depth is scaled when read: "none" = metres; "per_image_max" = divided by the image's
+#: largest depth (the reference code's normalisation, see `depth_per_image_max`)
+DepthNormalisation = Literal["none", "per_image_max"]
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -90,6 +95,13 @@ def depth_from_metres(a: np.ndarray, scale: float = 1.0) -> np.ndarray:
     if a.min() < 0:
         raise ValueError(f"negative depth {a.min():g}, expected metres >= 0 (0 = invalid)")
     return a
+
+
+def depth_per_image_max(depth: np.ndarray) -> np.ndarray:
+    """Depth divided by its largest value, so valid depth lies in (0, 1] and 0 stays invalid
+    (an image without valid depth stays all 0)."""
+    top = depth.max(initial=0.0)
+    return (depth / top if top > 0 else depth).astype(np.float32)
 
 
 def normal_from_float(a: np.ndarray) -> np.ndarray:
@@ -183,6 +195,10 @@ class NYUv2Format(ABC):
     def sample_ids(self, root: Path) -> dict[str, list[str]]:
         """Sample ids of `train`, `test` and, where the format has one, `val`."""
 
+    def notes(self, root: Path) -> list[str]:
+        """What to know about how `root` is read, not problems (none by default)."""
+        return []
+
     def _listed(self, path: Path) -> list[str]:
         try:
             lines = path.read_text().split()
@@ -255,16 +271,36 @@ class MTANFormat(NYUv2Format):
 
 @register_nyuv2_format
 class NYUDMTFormat(NYUv2Format):
-    """Vandenhende's NYUD-MT: flat folders per kind, splits as id lists in `gt_sets/`."""
+    """Vandenhende's NYUD-MT: flat folders per kind, splits as id lists in `gt_sets/`.
+
+    Vandenhende's and ASTMT's copies list only `train.txt` and `val.txt` (val = NYU's 654 test
+    images); such a root has no test list, and the datamodule evaluates on val (`notes`).
+    """
 
     name = "nyud_mt"
-    required = ("images", "gt_sets/train.txt", "gt_sets/test.txt")
+    #: plus gt_sets/test.txt or gt_sets/val.txt (`matches`)
+    required = ("images", "gt_sets/train.txt")
     split_dirs: ClassVar[dict[str, str]] = {"train": "", "val": "", "test": ""}
     layout = (
         "nyud_mt: images/{id}.jpg; segmentation/{id}.png (0 = void, 1..40); depth/{id}.npy "
         "metres; normals/{id}.npy [H,W,3] in [-1,1]; edge/{id}.npy {0,1}; "
-        "gt_sets/{train,test}.txt (+ optional val.txt)"
+        "gt_sets/train.txt and test.txt and/or val.txt (no test.txt: test = val)"
     )
+
+    def matches(self, root: Path) -> bool:
+        sets = root / "gt_sets"
+        lists = (sets / "test.txt").exists() or (sets / "val.txt").exists()
+        return super().matches(root) and lists
+
+    def notes(self, root: Path) -> list[str]:
+        sets = root / "gt_sets"
+        if (sets / "test.txt").exists() or not (sets / "val.txt").exists():
+            return []
+        return [
+            f"{root}: no {sets / 'test.txt'}; the test split is the val split "
+            f"({sets / 'val.txt'}), as in Vandenhende's and ASTMT's code: test metrics are val "
+            "metrics"
+        ]
 
     def class_counts(self) -> tuple[int, ...]:
         return (40,)

@@ -11,7 +11,15 @@ import numpy as np
 from lightning_mtl.targets import TargetSpec
 
 from ..base import Arrays
-from .formats import FORMATS, Field, NYUv2DataError, NYUv2Format, label_edges
+from .formats import (
+    FORMATS,
+    DepthNormalisation,
+    Field,
+    NYUv2DataError,
+    NYUv2Format,
+    depth_per_image_max,
+    label_edges,
+)
 
 
 @dataclass(frozen=True)
@@ -43,8 +51,14 @@ class Layout:
             targets["edge"] = TargetSpec("edge")
         return targets
 
+    @property
+    def notes(self) -> list[str]:
+        """What to know about how the root is read (e.g. no test list), not problems."""
+        return self.format.notes(self.root)
+
     def samples(self) -> dict[str, list[Sample]]:
-        """The samples of `train`, `test` and (where the format has one) `val`."""
+        """The samples of every split the root stores: `train`, and `test` and/or `val`
+        (MTAN and PNG have no `val`; NYUD-MT may lack either)."""
         ids = self.format.sample_ids(self.root)
         return {
             split: [self.sample(split, i) for i in split_ids] for split, split_ids in ids.items()
@@ -75,14 +89,19 @@ class Layout:
                     f"({sample.files['image']})"
                 )
 
-    def read(self, sample: Sample, keys: Sequence[str]) -> Arrays:
-        """`image` plus `keys` of a sample in the array layout (edges derived if not stored)."""
+    def read(
+        self, sample: Sample, keys: Sequence[str], depth_normalisation: DepthNormalisation = "none"
+    ) -> Arrays:
+        """`image` plus `keys` of a sample in the array layout (edges derived if not stored),
+        depth scaled as `depth_normalisation` says."""
         derive_edge = "edge" in keys and "edge" not in self.fields
         stored = [k for k in keys if k in self.fields]
         if derive_edge and "seg" not in stored:
             stored.append("seg")
         arrays = {k: self.load(sample, k) for k in ("image", *stored)}
         self.check_shapes(sample, arrays)
+        if "depth" in arrays and depth_normalisation == "per_image_max":
+            arrays["depth"] = depth_per_image_max(arrays["depth"])
         if derive_edge:
             arrays["edge"] = label_edges(arrays["seg"])
         return {k: arrays[k] for k in ("image", *keys)}
@@ -153,8 +172,9 @@ def check_nyuv2(
         splits = layout.samples()
     except (OSError, ValueError) as e:
         return [str(e)]
+    evaluated = "test" if "test" in splits else "val"  # NYUD-MT without test.txt: val
     problems = [
-        f"{layout.root}: split {s!r} has no samples" for s in ("train", "test") if not splits.get(s)
+        f"{layout.root}: split {s!r} has no samples" for s in ("train", evaluated) if not splits[s]
     ]
     owner: dict[Path, str] = {}
     for split, samples in splits.items():

@@ -1,9 +1,17 @@
 """Lightning callbacks, one concern each."""
 
+from lightning_mtl.callbacks.optimizer_reset import ResetOptimizerState
 from lightning_mtl.callbacks.prediction_samples import PredictionSamples
 from lightning_mtl.callbacks.prox_warmup import ProxWarmup
 from lightning_mtl.callbacks.rng_state import RNGStateCheckpoint
 from lightning_mtl.callbacks.run_summary import RunSummary
 from lightning_mtl.callbacks.sparsity_monitor import SparsityMonitor
 
-__all__ = ["PredictionSamples", "ProxWarmup", "RNGStateCheckpoint", "RunSummary", "SparsityMonitor"]
+__all__ = [
+    "PredictionSamples",
+    "ProxWarmup",
+    "RNGStateCheckpoint",
+    "ResetOptimizerState",
+    "RunSummary",
+    "SparsityMonitor",
+]

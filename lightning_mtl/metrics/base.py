@@ -1,4 +1,5 @@
-"""A building block for metrics that average per-element values over a whole split."""
+"""Building blocks: metrics that average per-element values over a whole split, a weighted mean
+of batch values, and the wrapper that makes a metric NaN once it was fed a non-finite batch."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from abc import abstractmethod
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
+from torchmetrics import Metric, MetricCollection
 
 
 def check_same_shape(preds: Tensor, target: Tensor) -> None:
@@ -71,3 +72,44 @@ class BatchWeightedMean(Metric):
 
     def compute(self) -> Tensor:
         return self.total / self.size
+
+
+class NaNIfNonFinite(Metric):
+    """`metric`, but NaN for a split in which any rank called `mark_non_finite()`.
+
+    The modules mark every metric of a task whose raw prediction held a NaN/inf (which e.g. an
+    argmax or a threshold would turn into finite, arbitrary labels): the split's value of each
+    is then NaN, never a finite, too-good number. Updates are passed on unchanged, so finite
+    splits give exactly the wrapped metric's value.
+    """
+
+    full_state_update = False
+
+    def __init__(self, metric: Metric) -> None:
+        super().__init__()
+        self.metric = metric
+        self.add_state("non_finite", torch.tensor(0), dist_reduce_fx="sum")
+
+    def mark_non_finite(self) -> None:
+        """Make this split's value NaN."""
+        self.non_finite += 1
+
+    def update(self, *args: Tensor, **kwargs: Tensor) -> None:
+        self.metric.update(*args, **kwargs)
+
+    def compute(self) -> Tensor:
+        value = self.metric.compute()
+        return torch.where(self.non_finite > 0, torch.nan, value)
+
+    def reset(self) -> None:
+        super().reset()
+        self.metric.reset()
+
+
+def nan_if_non_finite(metrics: MetricCollection) -> MetricCollection:
+    """`metrics` with each metric wrapped in `NaNIfNonFinite`, without compute groups (the
+    wrappers' own states are alike, so torchmetrics would merge them and update only one)."""
+    return MetricCollection(
+        {name: NaNIfNonFinite(metric) for name, metric in metrics.items(keep_base=True)},
+        compute_groups=False,
+    )

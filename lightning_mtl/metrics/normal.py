@@ -1,7 +1,8 @@
 """Surface-normal metrics over valid pixels (target not all-zero), accumulated over a split.
 
 Custom because torchmetrics has no angular-error metrics and no validity mask. Predictions need
-not be unit length (they are L2-normalised here); a zero prediction counts as 90° off.
+not be unit length (they are L2-normalised here); a zero prediction counts as 90° off. A NaN
+prediction at a valid pixel makes every metric of the split NaN.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class NormalWithinAngle(MeanOfValues):
 
     def values(self, preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         _, angle, valid = normal_errors(preds, target)
-        return 100.0 * (angle < self.threshold), valid
+        return torch.where(angle.isnan(), math.nan, 100.0 * (angle < self.threshold)), valid
 
 
 class NormalMedianAngle(Metric):
@@ -68,7 +69,8 @@ class NormalMedianAngle(Metric):
 
     Keeps a histogram of `bins` equal bins over [0°, 180°] (default 18000: 0.01° bins) summed
     across ranks, so memory is constant and DDP-exact; the median is linearly interpolated
-    inside its bin, hence within one bin width (0.01° by default) of the exact median.
+    inside its bin, hence within one bin width (0.01° by default) of the exact median. NaN
+    angles are counted apart (not binned) and make the median NaN.
     """
 
     is_differentiable = False
@@ -81,15 +83,19 @@ class NormalMedianAngle(Metric):
             raise ValueError(f"bins must be a positive int, got {bins!r}")
         self.bins = bins
         self.add_state("hist", torch.zeros(bins, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("nan_count", torch.tensor(0), dist_reduce_fx="sum")
 
     def update(self, preds: Tensor, target: Tensor) -> None:
         _, angle, valid = normal_errors(preds, target)
-        idx = (angle[valid] * (self.bins / 180.0)).long().clamp_(0, self.bins - 1)
+        angle = angle[valid]
+        nan = angle.isnan()
+        self.nan_count += nan.sum()
+        idx = (angle[~nan] * (self.bins / 180.0)).long().clamp_(0, self.bins - 1)
         self.hist += torch.bincount(idx, minlength=self.bins)
 
     def compute(self) -> Tensor:
         total = self.hist.sum()
-        if total == 0:
+        if total == 0 or self.nan_count > 0:
             return torch.tensor(math.nan, device=self.hist.device)
         cdf = self.hist.cumsum(0)
         i = torch.searchsorted(2 * cdf, total)  # first bin holding half of the mass

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor
 
 from lightning_mtl.metrics.base import MeanOfValues
@@ -15,7 +18,8 @@ class PerImageMicroIoU(MeanOfValues):
     Differs from mIoU (per-class IoU of the split's confusion matrix, averaged over classes);
     both are reported so paper tables can be compared.
 
-    `preds` are labels [N,H,W] or logits [N,C,H,W]; `target` is [N,H,W].
+    `preds` are labels [N,H,W] or logits [N,C,H,W]; `target` is [N,H,W]. An image whose
+    logits hold a NaN/inf scores NaN (its argmax would be a finite, arbitrary label).
     """
 
     higher_is_better = True
@@ -25,9 +29,14 @@ class PerImageMicroIoU(MeanOfValues):
         self.ignore_index = ignore_index
 
     def values(self, preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        finite = None
         if preds.dim() == target.dim() + 1:
+            finite = preds.isfinite().flatten(1).all(1)
             preds = preds.argmax(1)
         labelled = (target != self.ignore_index).flatten(1)
         correct = ((preds == target).flatten(1) & labelled).sum(1)
         wrong = labelled.sum(1) - correct
-        return correct / (correct + 2 * wrong), labelled.any(1)
+        iou = correct / (correct + 2 * wrong)
+        if finite is not None:
+            iou = torch.where(finite, iou, math.nan)
+        return iou, labelled.any(1)

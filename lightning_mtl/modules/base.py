@@ -1,8 +1,9 @@
 """MultiTaskModuleBase: what every multi-task LightningModule here shares.
 
 The tasks, the network (from `build_multitask_model`), the grouped convs and their sparsity
-settings, the optimizer param groups, evaluation (val/test/predict steps and metrics), the
-non-finite-gradient stop, the checkpoint architecture check and exact-resume RNG bookkeeping.
+settings, the optimizer param groups, evaluation (val/test/predict steps and metrics, NaN for a
+task with a non-finite prediction), the non-finite-gradient stop, the model summary's example
+input, the checkpoint architecture check and exact-resume RNG bookkeeping.
 Subclasses add how they train: `MultiTaskLightningModule` (weighted losses, automatic
 optimisation, warm-up) and `MetaSparsityModule` (meta-learned λ, manual optimisation).
 """
@@ -16,12 +17,13 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_mtl.callbacks import RNGStateCheckpoint
-from lightning_mtl.metrics import BatchWeightedMean
+from lightning_mtl.metrics import BatchWeightedMean, nan_if_non_finite
 from lightning_mtl.models.builder import build_multitask_model
-from lightning_mtl.modules.finite import check_finite_grads
+from lightning_mtl.modules.finite import NonFiniteWarning, check_finite_grads
 from lightning_mtl.sparsity import GroupSparsity, ProxAdamW, conv_weights
 from lightning_mtl.sparsity.groups import NamedWeights
 from lightning_mtl.targets import TargetSpec
@@ -91,11 +93,19 @@ class MultiTaskModuleBase(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.val_metrics = nn.ModuleDict(
-            {k: t.build_metrics().clone(prefix=f"val/{k}/") for k, t in self.tasks.items()}
+            {
+                k: nan_if_non_finite(t.build_metrics()).clone(prefix=f"val/{k}/")
+                for k, t in self.tasks.items()
+            }
         )
         self.test_metrics = nn.ModuleDict(
-            {k: t.build_metrics().clone(prefix=f"test/{k}/") for k, t in self.tasks.items()}
+            {
+                k: nan_if_non_finite(t.build_metrics()).clone(prefix=f"test/{k}/")
+                for k, t in self.tasks.items()
+            }
         )
+        # (split, task) already warned about a non-finite prediction this epoch: see _evaluate
+        self._warned_non_finite: set[tuple[str, str]] = set()
         # the val/test losses by logged name ("val/loss", "val/seg/loss", …): see _log_loss
         self.eval_losses = nn.ModuleDict(
             {
@@ -109,6 +119,13 @@ class MultiTaskModuleBase(L.LightningModule):
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         return self.model(images)
+
+    def setup(self, stage: str) -> None:
+        """Give the model summary a zero image batch at the datamodule's `image_size` (when it
+        has one), so it counts FLOPs."""
+        size = getattr(self.trainer.datamodule, "image_size", None)
+        if self.example_input_array is None and size is not None:
+            self.example_input_array = torch.zeros(1, 3, *size)
 
     def sparse_weights(self) -> NamedWeights:
         """The grouped conv weights (name, tensor), forward order — what the prox acts on."""
@@ -139,25 +156,55 @@ class MultiTaskModuleBase(L.LightningModule):
             check_finite_grads(grads, self.global_step)
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_metrics)
+        self._evaluate(batch, batch_idx, "val", self.val_metrics)
 
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_metrics)
+        self._evaluate(batch, batch_idx, "test", self.test_metrics)
+
+    def on_validation_epoch_start(self) -> None:
+        self._warned_non_finite.clear()
+
+    def on_test_epoch_start(self) -> None:
+        self._warned_non_finite.clear()
 
     def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         preds = self.model(batch["image"])
         return {k: self.tasks[k].metric_input(p) for k, p in preds.items()}
 
-    def _evaluate(self, batch: Mapping[str, Tensor], split: str, metrics: nn.ModuleDict) -> None:
+    def _evaluate(
+        self, batch: Mapping[str, Tensor], batch_idx: int, split: str, metrics: nn.ModuleDict
+    ) -> None:
+        """Log the losses and update the metrics; every metric of a task whose prediction holds
+        a NaN/inf is NaN for the split (`NaNIfNonFinite`), with a warning (one host sync)."""
         preds, losses = self.task_losses(batch)
         size = batch["image"].shape[0]
         self._log_loss(f"{split}/loss", sum(losses.values()), size)
+        finite = torch.stack([preds[k].isfinite().all() for k in self.tasks]).tolist()
+        bad = [k for k, ok in zip(self.tasks, finite, strict=True) if not ok]
+        if bad:
+            self._warn_non_finite(bad, batch_idx, split)
         for key, task in self.tasks.items():
             self._log_loss(f"{split}/{key}/loss", losses[key], size)
             metrics[key].update(
                 task.metric_input(preds[key]), task.metric_target(batch[task.target_key])
             )
+            if key in bad:
+                for metric in metrics[key].values():
+                    metric.mark_non_finite()
             self.log_dict(metrics[key], batch_size=size)
+
+    def _warn_non_finite(self, tasks: list[str], batch_idx: int, split: str) -> None:
+        """Warn once per split, epoch and task that its metrics are NaN."""
+        new = [k for k in tasks if (split, k) not in self._warned_non_finite]
+        if not new:
+            return
+        self._warned_non_finite.update((split, k) for k in new)
+        rank_zero_warn(
+            f"non-finite (NaN/inf) {split} prediction of task(s) {new} in batch {batch_idx} of "
+            f"epoch {self.current_epoch}: every {split} metric of these tasks is NaN for this "
+            "epoch. The weights or the inputs hold NaN/inf (a diverged run, or a bad checkpoint).",
+            category=NonFiniteWarning,
+        )
 
     def _log_loss(self, name: str, loss: Tensor, size: int) -> None:
         """Log a val/test loss as the mean of the batch losses weighted by batch size, summed

@@ -1,4 +1,5 @@
-"""Stop training at the first non-finite loss or gradient, saying where it came from."""
+"""Stop training at the first non-finite loss or gradient, saying where it came from; the warning
+for a non-finite prediction at validation/test."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ from torch import Tensor
 class NonFiniteError(FloatingPointError):
     """A loss or gradient became NaN or infinite. Raised inside the training step, before the
     optimizer step, so no checkpoint is written from the bad state: the last one stays good."""
+
+
+class NonFiniteWarning(RuntimeWarning):
+    """A validation/test prediction held NaN/inf: the metrics of its task are NaN for the split."""
 
 
 def check_finite_losses(losses: Mapping[str, Tensor], step: int) -> None:

@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from lightning_mtl.callbacks import ProxWarmup
+from lightning_mtl.callbacks import ProxWarmup, ResetOptimizerState
 from lightning_mtl.lomt.model import TAP_OUTPUTS
 from lightning_mtl.modules.base import MultiTaskModuleBase
 from lightning_mtl.modules.finite import check_finite_losses
@@ -43,7 +43,8 @@ class MultiTaskLightningModule(MultiTaskModuleBase):
         layer_lambdas: λ per grouped conv by name, overriding `lambda_` for those convs (e.g.
             a meta-learned per-layer λ*); each conv then gets its own param group
             `sparse_convs/{name}`.
-        prox_metric: the metric of the prox, `adaptive` (Adam's, the papers') or `euclidean`.
+        prox_metric: the metric of the prox, `adaptive` (Adam's, the papers'), `euclidean`, or
+            `uncorrected` (√v + ε without bias correction, the reference code's).
         penalty: the prox operator by registered name: `group_lasso`, `l1` (unstructured
             baseline) or one added with `register_prox_operator`.
         group_by: `in_channel` (the papers) or `out_channel`.
@@ -60,6 +61,10 @@ class MultiTaskLightningModule(MultiTaskModuleBase):
         tap_output: what a tap reads with `taps`: `conv` (the raw conv output, as the LOMT
             authors did) or `block` (the output of the residual block holding the conv; a stem
             conv gives its own output).
+        reset_optimizer_every_epoch: clear the optimizer state (Adam's moments and step) at
+            every epoch start after the first, as the reference code's rebuilt optimizer did
+            (`ResetOptimizerState`); with `prox_metric="uncorrected"` the papers' λ values mean
+            what they meant there (docs/sparsity.md).
     """
 
     def __init__(
@@ -82,6 +87,7 @@ class MultiTaskLightningModule(MultiTaskModuleBase):
         param_groups: dict[str, dict[str, float]] | None = None,
         taps: dict[str, str] | None = None,
         tap_output: Literal["conv", "block"] = "conv",
+        reset_optimizer_every_epoch: bool = False,
     ) -> None:
         sparsity = GroupSparsity(
             lambda_=lambda_,
@@ -111,6 +117,7 @@ class MultiTaskLightningModule(MultiTaskModuleBase):
         )
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.weighting = build_weighting(weighting, list(self.tasks))
+        self.reset_optimizer_every_epoch = reset_optimizer_every_epoch
 
     @property
     def current_lambda(self) -> float:
@@ -138,8 +145,11 @@ class MultiTaskLightningModule(MultiTaskModuleBase):
         return {"loss_weights": {"params": list(self.weighting.parameters()), "lambda_": 0.0}}
 
     def configure_callbacks(self) -> list[Callback]:
-        """RNG bookkeeping, plus the dense warm-up when `prox_start_epoch` > 0."""
+        """RNG bookkeeping, plus the dense warm-up when `prox_start_epoch` > 0 and the epoch
+        reset of the optimizer state when `reset_optimizer_every_epoch`."""
         callbacks = super().configure_callbacks()
         if self.sparsity.start_epoch > 0:
             callbacks.append(ProxWarmup(self.sparsity.start_epoch))
+        if self.reset_optimizer_every_epoch:
+            callbacks.append(ResetOptimizerState())
         return callbacks

@@ -12,9 +12,10 @@ from lightning_mtl.sparsity.operators import PROX_OPERATORS
 
 __all__ = ["PROX_METRICS", "GroupSparsity", "ProxMetric"]
 
-ProxMetric = Literal["adaptive", "euclidean"]
-#: the metric the prox is taken in: Adam's √v̂ + ε (`adaptive`) or the identity (`euclidean`)
-PROX_METRICS: tuple[str, ...] = ("adaptive", "euclidean")
+ProxMetric = Literal["adaptive", "euclidean", "uncorrected"]
+#: the metric the prox is taken in: Adam's √v̂ + ε (`adaptive`), the identity (`euclidean`), or
+#: the reference code's √v + ε without bias correction (`uncorrected`, a stronger prox)
+PROX_METRICS: tuple[str, ...] = ("adaptive", "euclidean", "uncorrected")
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,8 @@ class GroupSparsity:
     Args:
         lambda_: λ of every grouped conv (0 = dense).
         layer_lambdas: λ per grouped conv by name, overriding `lambda_` for those convs.
-        prox_metric: `adaptive` (Adam's metric, the papers') or `euclidean`.
+        prox_metric: `adaptive` (Adam's metric, the papers'), `euclidean`, or `uncorrected`
+            (the reference code's √v + ε, no bias correction; docs/sparsity.md).
         penalty: the prox operator by registered name (`group_lasso`, `l1`, a user's).
         group_by: `in_channel` (the papers) or `out_channel`.
         start_epoch: dense warm-up epochs before the prox is applied.

@@ -30,7 +30,9 @@ class ProxAdamW(torch.optim.AdamW):
     - `penalty="group_lasso"` (λ Σ_g √p_g ‖W_g‖, groups chosen by `group_by`):
       `prox_metric="euclidean"` is the closed form W_g·max(0, 1 − α λ √p_g/‖W_g‖);
       `prox_metric="adaptive"` is the prox in Adam's own metric d = √v̂ + ε (the exact
-      denominator of the step just taken), see `operators.group_lasso_adaptive`.
+      denominator of the step just taken), see `operators.group_lasso_adaptive`;
+      `prox_metric="uncorrected"` is the same prox in d = √v + ε, Adam's raw second moment
+      without bias correction, as the reference code did (a prox 1/√(1 − β₂^t) times stronger).
     - `penalty="l1"` (λ‖W‖₁) soft-thresholds each element by α λ (euclidean) or α λ / d_i.
 
     Because the prox lives in `step()`, it runs exactly once per real optimizer step: under
@@ -155,14 +157,19 @@ class ProxAdamW(torch.optim.AdamW):
         step_size = group["lr"] * group["lambda_"]
         group_by = group["group_by"]
         operator = PROX_OPERATORS.get(group["penalty"])
+        metric = group["prox_metric"]
         v = state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"]
-        bias_correction2_sqrt = _bias_correction2_sqrt(group["betas"][1], state["step"])
+        if metric == "adaptive":
+            bias_correction2_sqrt = _bias_correction2_sqrt(group["betas"][1], state["step"])
         for block in _group_blocks(p.shape, group_by):
             view = p[block]
             z = view.contiguous()  # a copy only for input-channel blocks of a large layer
             d = None
-            if group["prox_metric"] == "adaptive":  # √v̂ + ε, exactly the Adam step's denominator
-                d = (v[block].sqrt() / bias_correction2_sqrt).add_(group["eps"])
+            if metric != "euclidean":
+                d = v[block].sqrt()  # uncorrected: √v + ε, the reference code's metric
+                if metric == "adaptive":  # √v̂ + ε, exactly the Adam step's denominator
+                    d.div_(bias_correction2_sqrt)
+                d.add_(group["eps"])
             result = operator(z, d, step_size, group_by)
             if result is not view:  # the adaptive prox of a whole layer already wrote into p
                 view.copy_(result)
