@@ -12,6 +12,7 @@ from lightning_mtl.benchmarks.main import PARTS, expected_meta_ratio, main, pars
 from lightning_mtl.benchmarks.timing import interleaved_ms, latency_ms
 
 
+@pytest.mark.slow
 def test_bench_reports_the_prox_cost_the_data_pipeline_and_compaction(capsys, tmp_path):
     tiny = ["--backbone", "resnet18", "--image_size", "32", "--head_channels", "8"]
     data = ["--data_size", "[32, 48]", "--data_workers", "0", "--data_images", "16"]

@@ -238,6 +238,7 @@ def test_paper_configs_train_on_a_copy_in_the_real_layout(config, writer, tmp_pa
     assert "run summary" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_compact_command_saves_and_exports_an_equivalent_smaller_model(
     tmp_path, capsys, sparse_checkpoint
 ):

@@ -212,6 +212,7 @@ def test_torchscript_export_matches(tmp_path, compacted):
         _assert_same(expected, torch.jit.load(tmp_path / "model.ts")(x))
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_in_onnxruntime(tmp_path, compacted):
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     model, x, expected = compacted

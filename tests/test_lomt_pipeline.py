@@ -49,6 +49,7 @@ def pipeline(tmp_path_factory):
     return tmp_path / "lomt"
 
 
+@pytest.mark.slow
 def test_stage1_writes_a_profile_and_plot_per_task(pipeline):
     for task in ("seg", "edge"):
         profile = TaskProfile.load(pipeline / "profiles" / f"{task}.json")
@@ -97,6 +98,7 @@ def test_comparison_table_matches_the_runs(pipeline):
     assert "### seg+edge" in table and "| lomt |" in table
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_complete_runs(pipeline, tmp_path):
     before = {p: p.stat().st_mtime_ns for p in pipeline.glob("*/*/result.json")}
     main(["lomt", *tiny(pipeline.parent), "--selection.taps", "{edge: layer2.0.conv1}"])

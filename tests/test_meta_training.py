@@ -117,6 +117,7 @@ def _check_resume(tmp_path: Path) -> None:
     assert 0 < _dead_groups(straight[0].state_dict()) < 243  # 243 groups in the tiny backbone
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path):
     """RNG streams (dropout), optimizer state, λ, BN stats and the sampler's epoch (Lightning
     builds the resumed epoch's iterator before it calls set_epoch) all continue."""

@@ -188,6 +188,7 @@ def _fit(root: Path, max_epochs: int, ckpt_path: str | None = None, **checkpoint
     return module, trainer
 
 
+@pytest.mark.slow
 def test_resume_at_an_epoch_boundary_and_mid_epoch_resets_like_a_straight_run(tmp_path):
     """3 epochs straight == 1 epoch + resume == resume from a mid-epoch-1 checkpoint (step 6,
     after that epoch's reset: it must not reset again)."""
