@@ -8,6 +8,8 @@ TASKS     ?=
 DATA      ?= synthetic
 CONFIG    ?= experiments/$(DATA).yaml
 META_CONFIG ?= experiments/meta/$(DATA).yaml
+VARIANT   ?=
+STUDY     ?= experiments/meta/studies/synthetic.yaml
 LOMT_CONFIG ?= experiments/lomt/$(DATA).yaml
 GRID      ?= experiments/sweeps/synthetic.yaml
 RUNS      ?= runs/synthetic-smoke
@@ -26,7 +28,7 @@ TRAIN_FLAGS := --config $(CONFIG) --run.logger $(LOGGER) \
 	$(if $(DATA_ROOT),--data.init_args.root $(DATA_ROOT)) \
 	$(if $(NAME),--run.name $(NAME))
 
-.PHONY: install train meta lomt sweep report test test-fast bench lint format clean
+.PHONY: install train meta meta-study lomt sweep report test test-fast bench lint format clean
 
 install: $(STAMP)
 
@@ -40,10 +42,15 @@ train: $(STAMP)
 
 # meta-sparsity: meta-train λ, then meta-test (seen and unseen tasks); writes the table
 meta: $(STAMP)
-	$(BIN)/lightning-mtl meta --config $(META_CONFIG) --run.logger $(LOGGER) \
+	$(BIN)/lightning-mtl meta --config $(META_CONFIG) \
+		$(if $(VARIANT),--config experiments/meta/variants/$(VARIANT).yaml) --run.logger $(LOGGER) \
 		$(if $(EPOCHS),--trainer.max_epochs $(EPOCHS)) \
 		$(if $(DATA_ROOT),--data.init_args.datamodule.init_args.root $(DATA_ROOT)) \
 		$(if $(NAME),--run.name $(NAME)) $(ARGS)
+
+# meta-sparsity variants × seeds: λ curves and the meta-test, mean ± std (STUDY=file)
+meta-study: $(STAMP)
+	$(BIN)/lightning-mtl meta-study --config $(STUDY) $(ARGS)
 
 # LOMT: stage-1 single-task profiles -> taps -> LOMT vs conventional; writes the comparison
 lomt: $(STAMP)

@@ -1,7 +1,8 @@
 """Meta-batches of task combinations for MAML-style meta-sparsity.
 
 A meta-batch is `meta_batch_size` distinct task combinations, each with a support batch (the
-inner-loop adaptation) and a disjoint query batch (the outer-loop loss). `MetaTaskDataModule`
+inner-loop adaptation) and a disjoint query batch (the outer-loop loss), drawn from the train
+split or, as the authors' code does, from a separate split. `MetaTaskDataModule`
 wraps any `MultiTaskDataModule` so that its train loader yields meta-batches while validation,
 test and predict stay the wrapped module's own.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence, Sized
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -79,7 +80,8 @@ class MetaBatchDataset(Dataset):
 
     A meta-batch is a list of `meta_batch_size` dicts {"tasks", "support", "query"}: distinct
     combinations drawn without replacement from `combinations`; per combination,
-    `support_size + query_size` distinct indices of `dataset`, so support and query are disjoint;
+    `support_size + query_size` distinct indices of `dataset`, so support and query are disjoint
+    (with a `query_dataset`: `support_size` of `dataset` and `query_size` of `query_dataset`);
     each batch is `default_collate` of the dataset's samples (all keys the dataset provides); a
     `MultiTaskDataset` gets a per-sample augmentation seed from `(seed, k, position)` as well.
     The length is the number of meta-batches per epoch; `MetaBatchSampler` numbers them globally.
@@ -94,16 +96,28 @@ class MetaBatchDataset(Dataset):
         query_size: int,
         seed: int,
         num_meta_batches: int,
+        query_dataset: Dataset | None = None,
+        query_split: str = "val",
     ) -> None:
         _check_meta_options(
             combinations, meta_batch_size, support_size, query_size, num_meta_batches, seed
         )
-        if support_size + query_size > len(dataset):
+        if query_dataset is None and support_size + query_size > len(dataset):
             raise ValueError(
                 f"support_size + query_size = {support_size} + {query_size} exceeds the "
                 f"{len(dataset)} samples of the train split (support and query are disjoint)"
             )
+        if query_dataset is not None:
+            for name, size, split, data in (
+                ("support_size", support_size, "train", dataset),
+                ("query_size", query_size, query_split, query_dataset),
+            ):
+                if size > len(data):
+                    raise ValueError(
+                        f"{name} = {size} exceeds the {len(data)} samples of the {split} split"
+                    )
         self.dataset = dataset
+        self.query_dataset = query_dataset
         self.combinations = [tuple(c) for c in combinations]
         self.meta_batch_size = meta_batch_size
         self.support_size = support_size
@@ -121,8 +135,23 @@ class MetaBatchDataset(Dataset):
         picks = rng.choice(len(self.combinations), self.meta_batch_size, replace=False)
         meta_batch = []
         for n, pick in enumerate(picks):
-            indices = rng.choice(len(self.dataset), self.support_size + self.query_size, False)
-            samples = [self._sample(int(i), (k, n, j)) for j, i in enumerate(indices)]
+            if self.query_dataset is None:
+                indices = rng.choice(len(self.dataset), self.support_size + self.query_size, False)
+                sources = [self.dataset] * len(indices)
+            else:
+                indices = np.concatenate(
+                    [
+                        rng.choice(len(self.dataset), self.support_size, False),
+                        rng.choice(len(self.query_dataset), self.query_size, False),
+                    ]
+                )
+                sources = [self.dataset] * self.support_size + [
+                    self.query_dataset
+                ] * self.query_size
+            samples = [
+                _sample(data, int(i), sample_seed(self.seed, k, n, j))
+                for j, (data, i) in enumerate(zip(sources, indices, strict=True))
+            ]
             meta_batch.append(
                 {
                     "tasks": self.combinations[pick],
@@ -132,11 +161,12 @@ class MetaBatchDataset(Dataset):
             )
         return meta_batch
 
-    def _sample(self, index: int, where: tuple[int, int, int]) -> Any:
-        """Sample `index` at (meta-batch, combination, position) `where`."""
-        if not isinstance(self.dataset, MultiTaskDataset):
-            return self.dataset[index]
-        return self.dataset[index, sample_seed(self.seed, *where)]
+
+def _sample(dataset: Dataset, index: int, seed: int) -> Any:
+    """Sample `index`; a `MultiTaskDataset` augments it with `seed`."""
+    if not isinstance(dataset, MultiTaskDataset):
+        return dataset[index]
+    return dataset[index, seed]
 
 
 def _as_is(meta_batch: list[MetaTask]) -> list[MetaTask]:
@@ -182,6 +212,10 @@ class MetaTaskDataModule(ResumableTrainLoader, LightningDataModule):
     Build the wrapped module with `tasks=None` (or a superset of the meta tasks): its samples must
     carry every target a combination may ask for. `tasks=None` here means the wrapped module's
     own tasks (all its `targets` when it was built with `tasks=None`).
+
+    `query_split="val"` draws the query batches from the wrapped module's validation split (the
+    authors' setup; validation then scores images the outer loss has seen), the support batches
+    from its train split.
     """
 
     def __init__(
@@ -195,6 +229,7 @@ class MetaTaskDataModule(ResumableTrainLoader, LightningDataModule):
         meta_batches_per_epoch: int = 50,
         num_workers: int = 0,
         seed: int = 0,
+        query_split: Literal["train", "val"] = "train",
     ) -> None:
         super().__init__()
         self.datamodule = datamodule
@@ -223,6 +258,8 @@ class MetaTaskDataModule(ResumableTrainLoader, LightningDataModule):
         )
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if query_split not in ("train", "val"):
+            raise ValueError(f"query_split must be 'train' or 'val', got {query_split!r}")
         # `tasks` would clash with the model's own hyperparameter of that name
         self.save_hyperparameters(ignore=["datamodule", "tasks"])
         self.meta_batch_size = meta_batch_size
@@ -231,6 +268,7 @@ class MetaTaskDataModule(ResumableTrainLoader, LightningDataModule):
         self.meta_batches_per_epoch = meta_batches_per_epoch
         self.num_workers = num_workers
         self.seed = seed
+        self.query_split = query_split
         self.meta_dataset: MetaBatchDataset | None = None
 
     @property
@@ -263,6 +301,10 @@ class MetaTaskDataModule(ResumableTrainLoader, LightningDataModule):
                 self.query_size,
                 self.seed,
                 self.meta_batches_per_epoch,
+                query_dataset=self.datamodule.datasets[self.query_split]
+                if self.query_split != "train"
+                else None,
+                query_split=self.query_split,
             )
 
     def teardown(self, stage: str | None = None) -> None:

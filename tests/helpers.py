@@ -5,6 +5,7 @@ offline W&B run files. Tests import from here; no test imports another test modu
 from __future__ import annotations
 
 import functools
+import shutil
 import struct
 import subprocess
 import sys
@@ -44,6 +45,11 @@ ROOT = Path(__file__).resolve().parents[1]
 #: the scripts tests run as subprocesses: `python tests/workers/NAME.py ARGS…`, from ROOT
 WORKERS = ROOT / "tests" / "workers"
 
+#: genuine NYU-v2 frames (see its SOURCES.md): RGB, depth in millimetres, 13-class labels
+REAL_NYUV2 = ROOT.parent / "shared" / "data" / "nyuv2-real-samples"
+#: nyu2_mini_test/image_i.png is the i-th of these labeled frames (SOURCES.md §1c)
+REAL_FRAMES = ("0001", "0002", "0009", "0014", "0015", "0016", "0017", "0018", "0021", "0028")
+
 # -- tiny settings -------------------------------------------------------------------------------
 
 TASKS = ("seg", "depth", "normal")
@@ -56,12 +62,41 @@ TINY_META_DATA = {**TINY_DATA, "image_size": (16, 16), "num_val": 4, "num_test":
 #: 4 meta-batches per epoch of 2 meta-tasks with 4 support and 4 query samples each
 TINY_META = {"meta_batch_size": 2, "support_size": 4, "query_size": 4, "meta_batches_per_epoch": 4}
 #: a strong outer prox and a weak inner one: some groups die and λ gets a gradient
+#: `lightning-mtl meta` arguments that shrink experiments/meta/synthetic.yaml to seconds
+TINY_META_ARGS = [
+    "--model.backbone_options", "{width: 8, layers: [1, 1, 1, 1]}",
+    "--model.head_channels", "8",
+    "--data.init_args.meta_batch_size", "2",
+    "--data.init_args.support_size", "4",
+    "--data.init_args.query_size", "4",
+    "--data.init_args.meta_batches_per_epoch", "2",
+    "--data.init_args.datamodule.init_args.image_size", "[32, 32]",
+    "--data.init_args.datamodule.init_args.batch_size", "4",
+    "--data.init_args.datamodule.init_args.num_workers", "0",
+    "--data.init_args.datamodule.init_args.synthesize", "12",
+    "--trainer.max_epochs", "1",
+    "--trainer.log_every_n_steps", "1",
+    "--trainer.callbacks", "[]",
+    "--meta_test.epochs", "1",
+]  # fmt: skip
 META_PRUNING = {
     "lambda_init": 1.0,
     "inner_lr": 1e-3,
     "rho_lr": 0.05,
     "optimizer": functools.partial(ProxAdamW, lr=0.05),
 }
+#: the tiny model, data and one-epoch trainer as `lightning-mtl fit` options
+TINY_CLI = [
+    "--model.backbone_options", "{width: 8, layers: [1, 1, 1, 1]}",
+    "--model.head_channels", "8",
+    "--data.init_args.image_size", "[32, 32]",
+    "--data.init_args.batch_size", "4",
+    "--data.init_args.num_workers", "0",
+    "--trainer.max_epochs", "1",
+    "--trainer.log_every_n_steps", "1",
+    "--trainer.callbacks", "[]",
+]  # fmt: skip
+
 #: quiet single-process CPU runs
 TRAINER = {
     "accelerator": "cpu",
@@ -139,6 +174,23 @@ def sparse_checkpoint(root: Path) -> tuple[MultiTaskLightningModule, Path]:
     path = root / "sparse.ckpt"
     trainer.save_checkpoint(path)
     return module, path
+
+
+def write_real_nyuv2_png(root: Path, splits: Mapping[str, Iterable[int]]) -> Path:
+    """The genuine frames `REAL_FRAMES[i]` of each split (split → indices i) in the NYU-v2 png
+    layout at `root` (rgb, depth, labels_13)."""
+    for split, indices in splits.items():
+        for i in indices:
+            frame = REAL_FRAMES[i]
+            sources = {
+                "rgb": REAL_NYUV2 / "nyu2_mini_test" / f"image_{i}.png",
+                "depth": REAL_NYUV2 / "nyu2_mini_test" / f"depth_{i}.png",
+                "labels_13": REAL_NYUV2 / "test_labels_13" / f"new_nyu_class13_{frame}.png",
+            }
+            for folder, source in sources.items():
+                (root / split / folder).mkdir(parents=True, exist_ok=True)
+                shutil.copy(source, root / split / folder / f"{frame}.png")
+    return root
 
 
 def csv_logger(root: Path) -> CSVLogger:

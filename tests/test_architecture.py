@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "lightning_mtl.lomt.pipeline": 3,
     "lightning_mtl.meta.meta_test": 3,
     "lightning_mtl.meta.pipeline": 3,
+    "lightning_mtl.meta.study": 3,
     "lightning_mtl.benchmarks": 3,
     "lightning_mtl.cli": 4,
 }

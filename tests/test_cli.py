@@ -11,21 +11,9 @@ import yaml
 from datamodules.celebamask import write_synthetic_celebamask
 from datamodules.nyuv2 import write_synthetic_nyuv2
 from lightning_mtl.cli.main import JOBS, Job, main
-from tests.helpers import history_keys
+from tests.helpers import TINY_CLI, history_keys
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--model.backbone_options", "{width: 8, layers: [1, 1, 1, 1]}",
-    "--model.head_channels", "8",
-    "--data.init_args.image_size", "[32, 32]",
-    "--data.init_args.batch_size", "4",
-    "--data.init_args.num_workers", "0",
-    "--trainer.max_epochs", "1",
-    "--trainer.log_every_n_steps", "1",
-    "--trainer.callbacks", "[]",
-]  # fmt: skip
-
-
 TRAINING = ("fit", "validate", "test", "predict")
 #: per job: the subcommand words before its options, and options that complete its config
 JOB_ARGS: dict[str, tuple[list[str], list[str]]] = {
@@ -33,6 +21,10 @@ JOB_ARGS: dict[str, tuple[list[str], list[str]]] = {
     "sweep": ([], [str(ROOT / "experiments" / "sweeps" / "synthetic.yaml")]),
     "report": ([], ["runs/synthetic", "--spy", "false", "--latency_size", "[64, 48]"]),
     "meta": ([], ["--config", str(ROOT / "experiments" / "meta" / "synthetic.yaml")]),
+    "meta-study": (
+        [],
+        ["--config", str(ROOT / "experiments" / "meta" / "studies" / "synthetic.yaml")],
+    ),
     "lomt": ([], ["--config", str(ROOT / "experiments" / "lomt" / "synthetic.yaml")]),
     "bench": ([], ["--parts", "prox", "--data_size", "[32, 48]", "--rounds", "2"]),
     "data": (["check"], ["--data", "nyuv2", "--root", "data/nyuv2", "--format", "mtan"]),
@@ -169,7 +161,7 @@ def test_fit_writes_the_run_folder_and_an_offline_wandb_run(tmp_path, capsys, mo
             "--run.name", "smoke",
             "--data.init_args.root", str(tmp_path / "synthetic-nyuv2"),
             "--data.init_args.synthesize", "8",
-            *TINY,
+            *TINY_CLI,
         ]
     )  # fmt: skip
     run = tmp_path / "smoke"
@@ -208,7 +200,7 @@ def test_unknown_task_fails_at_start_up_listing_what_exists(tmp_path):
                 "--run.root", str(tmp_path),
                 "--data.init_args.root", str(tmp_path / "synthetic-nyuv2"),
                 "--data.init_args.synthesize", "8",
-                *TINY,
+                *TINY_CLI,
             ]
         )  # fmt: skip
 
@@ -232,7 +224,7 @@ def test_paper_configs_train_on_a_copy_in_the_real_layout(config, writer, tmp_pa
             "--model.backbone", "resnet18",
             "--run.root", str(tmp_path / "runs"),
             "--run.logger", "csv",
-            *TINY,
+            *TINY_CLI,
         ]
     )  # fmt: skip
     assert "run summary" in capsys.readouterr().out

@@ -10,24 +10,9 @@ import yaml
 
 from lightning_mtl.cli.main import main
 from lightning_mtl.meta.meta_test import MetaTestOptions, check_meta_test
+from tests.helpers import TINY_META_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--model.backbone_options", "{width: 8, layers: [1, 1, 1, 1]}",
-    "--model.head_channels", "8",
-    "--data.init_args.meta_batch_size", "2",
-    "--data.init_args.support_size", "4",
-    "--data.init_args.query_size", "4",
-    "--data.init_args.meta_batches_per_epoch", "2",
-    "--data.init_args.datamodule.init_args.image_size", "[32, 32]",
-    "--data.init_args.datamodule.init_args.batch_size", "4",
-    "--data.init_args.datamodule.init_args.num_workers", "0",
-    "--data.init_args.datamodule.init_args.synthesize", "12",
-    "--trainer.max_epochs", "1",
-    "--trainer.log_every_n_steps", "1",
-    "--trainer.callbacks", "[]",
-    "--meta_test.epochs", "1",
-]  # fmt: skip
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "experiments" / "meta").glob("*.yaml")))
@@ -50,7 +35,7 @@ def test_meta_trains_then_writes_the_meta_test_table(tmp_path, capsys):
             "--run.name", "meta",
             "--run.logger", "csv",
             "--data.init_args.datamodule.init_args.root", str(tmp_path / "data"),
-            *TINY,
+            *TINY_META_ARGS,
         ]
     )  # fmt: skip
     run = tmp_path / "meta"
@@ -106,7 +91,7 @@ def test_meta_command_fails_at_start_up_on_a_task_the_data_cannot_provide(tmp_pa
                 "--run.root", str(tmp_path),
                 "--run.logger", "csv",
                 "--data.init_args.datamodule.init_args.root", str(tmp_path / "data"),
-                *TINY,
+                *TINY_META_ARGS,
                 "--meta_test.unseen", "[[sky]]",
             ]
         )  # fmt: skip

@@ -108,6 +108,48 @@ def test_meta_batch_dataset_errors():
         meta_dataset()[-1]
 
 
+def test_query_dataset_gives_the_query_batches():
+    # support from the first dataset (indices < 16), query from the second (indices >= 100)
+    class Offset(IndexDataset):
+        def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+            return {"image": torch.tensor(100 + index)}
+
+    data = meta_dataset(query_dataset=Offset(6), meta_batch_size=7)
+    for k in range(10):
+        for m in data[k]:
+            support, query = m["support"]["image"].tolist(), m["query"]["image"].tolist()
+            assert len(support) == len(set(support)) == 4 and max(support) < 16
+            assert len(query) == len(set(query)) == 5 and min(query) >= 100
+    with pytest.raises(ValueError, match="query_size = 5 exceeds the 4 samples of the val split"):
+        meta_dataset(query_dataset=Offset(4))
+    with pytest.raises(ValueError, match="support_size = 4 exceeds the 3 samples of the train"):
+        meta_dataset(n=3, query_dataset=Offset(6))
+    assert len(meta_dataset(n=4, query_dataset=Offset(5))[0]) == 3  # 4 + 5 > 4 is fine now
+
+
+def test_datamodule_query_split_val_draws_queries_from_the_val_split():
+    data = MetaTaskDataModule(
+        wrapped(),
+        tasks=TASKS,
+        meta_batch_size=2,
+        support_size=3,
+        query_size=4,
+        meta_batches_per_epoch=2,
+        query_split="val",
+    )
+    data.setup("fit")
+    val_images = data.datamodule.datasets["val"]
+    train_images = data.datamodule.datasets["train"]
+    val = [val_images[i]["image"] for i in range(len(val_images))]
+    train = [train_images[i]["image"] for i in range(len(train_images))]
+    for meta_batch in data.train_dataloader():
+        for m in meta_batch:
+            assert all(any(torch.equal(q, v) for v in val) for q in m["query"]["image"])
+            assert not any(any(torch.equal(s, v) for v in val) for s in m["support"]["image"])
+            assert m["support"]["image"].shape[0] == 3 and m["query"]["seg"].shape[0] == 4
+    assert any(torch.equal(m["support"]["image"][0], t) for t in train for m in meta_batch)
+
+
 def test_sampler_splits_ranks_and_epochs():
     data = meta_dataset(num_meta_batches=7)
     ranks = [MetaBatchSampler(data, num_replicas=2, rank=r) for r in range(2)]
@@ -186,6 +228,7 @@ def test_datamodule_delegates_evaluation_loaders():
         ({"query_size": -1}, "query_size must be at least 1, got -1"),
         ({"meta_batches_per_epoch": 0}, "meta_batches_per_epoch must be at least 1, got 0"),
         ({"num_workers": -1}, "num_workers must be >= 0, got -1"),
+        ({"query_split": "test"}, "query_split must be 'train' or 'val', got 'test'"),
     ],
 )
 def test_datamodule_option_errors(overrides, match):

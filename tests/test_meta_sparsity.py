@@ -41,6 +41,15 @@ def meta_batch(samples, dtype=torch.float32):
     ]
 
 
+#: the authors' variant of experiments/meta/variants/authors.yaml (the query split aside)
+AUTHORS_VARIANT = {
+    "inner_steps": 1,
+    "inner_sparsity": "penalty",
+    "first_order": True,
+    "explicit_penalty": "adapted",
+}
+
+
 def tiny_meta(samples, **overrides) -> MetaSparsityModule:
     data, _ = samples
     torch.manual_seed(0)
@@ -71,11 +80,22 @@ def rho_finite_difference(module, batch, index=(), h=1e-5) -> float:
         ({}, ()),
         ({"inner_sparsity": "penalty"}, ()),
         ({"per_layer_lambda": True}, (3,)),
-        ({"explicit_penalty": True}, ()),
+        ({"explicit_penalty": "meta"}, ()),
+        ({"explicit_penalty": "adapted"}, ()),
         ({"first_order": True, "inner_steps": 1}, ()),
         ({"first_order": True, "inner_steps": 1, "inner_sparsity": "penalty"}, ()),
+        (AUTHORS_VARIANT, ()),
     ],
-    ids=["prox", "penalty", "per-layer", "explicit", "first-order-prox", "first-order-penalty"],
+    ids=[
+        "prox",
+        "penalty",
+        "per-layer",
+        "explicit-meta",
+        "explicit-adapted",
+        "first-order-prox",
+        "first-order-penalty",
+        "authors-variant",
+    ],
 )
 def test_rho_hypergradient_matches_finite_differences(samples, overrides, index):
     # with one inner step the inner gradient does not depend on λ, so the first-order
@@ -103,6 +123,42 @@ def test_second_order_theta_gradient_matches_finite_differences(samples):
         weight.data -= sign * h * direction
     expected = (values[0] - values[1]) / (2 * h)
     assert float((grad * direction).sum()) == pytest.approx(expected, rel=1e-4)
+
+
+def test_adapted_penalty_adds_lambda_omega_of_each_adapted_model(samples):
+    # same θ, λ and batches with and without the term (eval: no dropout; the inner and query
+    # passes use batch statistics either way): the difference is Σ_τ λ·Ω(φ_K^τ)
+    batch = meta_batch(samples, torch.float64)
+    losses = {}
+    for mode in ("none", "adapted"):
+        module = tiny_meta(samples, **{**AUTHORS_VARIANT, "explicit_penalty": mode}).double()
+        losses[mode] = module.eval().meta_loss(batch).loss
+    named = dict(module.model.named_parameters())
+    name_of = {id(p): n for n, p in named.items()}
+    lam = module.rho.exp()
+    lambdas = {name_of[id(w)]: lam for _, w in module.sparse_weights()}
+    expected = 0.0
+    for meta_task in batch:
+        keys = list(meta_task["tasks"])
+        params = {n: p for n, p in named.items() if n.startswith("backbone.")}
+        params |= {
+            n: p for n, p in named.items() if n.split(".")[:2] in [["heads", k] for k in keys]
+        }
+        buffers = {n: b.clone() for n, b in module.model.named_buffers()}
+        phi, _ = adapt(
+            functools.partial(
+                module._task_loss, buffers=buffers, keys=keys, batch=meta_task["support"]
+            ),
+            params,
+            lambdas,
+            steps=1,
+            lr=module.hparams.inner_lr,
+            sparsity="penalty",
+            first_order=True,
+        )
+        expected += sum(float(lam * group_lasso(phi[n], "in_channel")) for n in lambdas)
+    assert expected > 0
+    assert float(losses["adapted"] - losses["none"]) == pytest.approx(expected, rel=1e-9)
 
 
 def test_first_order_drops_the_hessian_terms(samples):
@@ -192,6 +248,7 @@ def test_all_groups_dead_warns_and_keeps_training(samples):
         ({"inner_steps": 0}, r"inner_steps \(K\) must be an int >= 1"),
         ({"inner_sparsity": "l0"}, "unknown inner_sparsity 'l0'"),
         ({"inner_lr": 0.0}, "inner_lr must be > 0"),
+        ({"explicit_penalty": True}, r"unknown explicit_penalty True; allowed: \['none'"),
     ],
 )
 def test_bad_options_fail_at_construction(samples, overrides, match):

@@ -21,6 +21,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_mtl.lomt.pipeline import LOMTOptions
+from lightning_mtl.meta.study import MetaStudyOptions
 from lightning_mtl.pipelines.compact import Compacted, compact_checkpoint
 from lightning_mtl.pipelines.fit import build_cli
 
@@ -150,6 +151,26 @@ def _meta(args: Sequence[str]) -> None:
     run_meta(args)
 
 
+def _meta_study(options: MetaStudyOptions) -> None:
+    """Meta-sparsity over variants × seeds: λ curves and the meta-test, mean ± std over seeds.
+
+    Every (variant, seed) is a `lightning-mtl meta` run (complete ones skipped, partial ones
+    resumed); then ROOT/study.md, study.csv and lambda_curves.png. Exit status 1 when a run
+    failed (rerun the study to retry it). A study YAML: experiments/meta/studies/*.yaml.
+    """
+    from lightning_mtl.meta.study import run_study
+
+    os.environ.setdefault("WANDB_QUIET", "true")
+    result = run_study(options)
+    print(result.files[0].read_text())
+    print(f"study: {', '.join(str(p) for p in result.files)}")
+    if result.failed:
+        print("failed (rerun the study to retry them):")
+        for folder, error in result.failed.items():
+            print(f"  {folder}: {error}")
+        sys.exit(1)
+
+
 def _lomt(options: LOMTOptions) -> None:
     """LOMT: stage-1 profiles → taps → LOMT vs conventional; prints the comparison.
 
@@ -193,6 +214,7 @@ JOBS: dict[str, Job] = {
     "sweep": Job(_sweep, positional=True),
     "report": Job(_report, positional=True),
     "meta": Job(_meta, parses_itself=True),
+    "meta-study": Job(MetaStudyOptions, then=_meta_study),
     "lomt": Job(LOMTOptions, then=_lomt),
     "bench": Job(_bench, parses_itself=True),
     "data": Job(_data, parses_itself=True),

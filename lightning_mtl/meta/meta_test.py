@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,9 @@ from lightning_mtl.meta.module import MetaSparsityModule
 from lightning_mtl.sparsity import ProxAdamW, sparsity_stats
 from lightning_mtl.tables import markdown_table, write_csv
 from lightning_mtl.tasks import TargetSpec, build_task
+
+#: the meta-test's result file in its folder (written last)
+META_TEST_RESULT = "meta_test.json"
 
 
 @dataclass
@@ -85,7 +90,8 @@ def meta_test(
     out_dir: str | Path,
     trainer_options: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Fine-tune and test every task set; write `meta_test.csv` and `meta_test.md` to `out_dir`.
+    """Fine-tune and test every task set; write `meta_test.csv`, `meta_test.md` and
+    `meta_test.json` (the rows with each task's main metric and metric directions) to `out_dir`.
 
     Each row: phase (seen/unseen), init (meta/scratch), tasks, λ, % group and parameter
     sparsity of the fine-tuned backbone, and every test metric. `datamodule` is the plain
@@ -96,6 +102,7 @@ def meta_test(
     inits = ("meta", "scratch") if options.scratch else ("meta",)
     rows: list[dict[str, Any]] = []
     main_metrics: dict[str, str] = {}
+    higher_is_better: dict[str, dict[str, bool]] = {}
     for phase, task_sets in (("seen", options.seen), ("unseen", options.unseen)):
         for tasks in task_sets:
             for init in inits:
@@ -120,6 +127,9 @@ def meta_test(
                 metrics = trainer.test(module, datamodule, verbose=False)[0]
                 stats = sparsity_stats(module.sparse_weights(), module.hparams.group_by)
                 main_metrics.update({k: t.main_metric for k, t in module.tasks.items()})
+                higher_is_better.update(
+                    {k: dict(t.higher_is_better) for k, t in module.tasks.items()}
+                )
                 rows.append(
                     {
                         "phase": phase,
@@ -132,12 +142,18 @@ def meta_test(
                     }
                 )
     if rank_zero_only.rank == 0:
-        _write_tables(rows, main_metrics, out)
+        _write_tables(rows, main_metrics, higher_is_better, out)
     return rows
 
 
-def _write_tables(rows: list[dict[str, Any]], main_metrics: Mapping[str, str], out: Path) -> None:
-    """Every value as CSV; the main metric of each task as a Markdown table."""
+def _write_tables(
+    rows: list[dict[str, Any]],
+    main_metrics: Mapping[str, str],
+    higher_is_better: Mapping[str, Mapping[str, bool]],
+    out: Path,
+) -> None:
+    """Every value as CSV and JSON (with the metrics' meaning); the main metric of each task as
+    a Markdown table. The JSON is written last, so its presence means the meta-test finished."""
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "meta_test.csv")
     metric_columns = [f"test/{task}/{metric}" for task, metric in main_metrics.items()]
@@ -149,3 +165,7 @@ def _write_tables(rows: list[dict[str, Any]], main_metrics: Mapping[str, str], o
         cells += [f"{row[c]:.4f}" if c in row else "" for c in metric_columns]
         body.append(cells)
     (out / "meta_test.md").write_text(markdown_table(header, body) + "\n")
+    result = {"main_metrics": main_metrics, "higher_is_better": higher_is_better, "rows": rows}
+    tmp = out / ".meta_test.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out / META_TEST_RESULT)

@@ -24,6 +24,10 @@ from lightning_mtl.sparsity.stats import dead_groups_warning
 from lightning_mtl.targets import TargetSpec
 from lightning_mtl.tasks import Task
 
+#: Where the outer loss gets an explicit λ·Ω term (see `MetaSparsityModule`).
+ExplicitPenalty = Literal["none", "meta", "adapted"]
+EXPLICIT_PENALTIES: tuple[str, ...] = ExplicitPenalty.__args__
+
 #: One meta-task of a meta-batch: its task keys and a support and a query batch.
 MetaTask = Mapping[str, Any]
 
@@ -63,8 +67,10 @@ class MetaSparsityModule(MultiTaskModuleBase):
         inner_sparsity: `prox` (default) or `penalty` (λΩ's gradient added to the inner step).
         first_order: drop the Hessian terms of the inner steps; λ keeps its path through the
             inner prox/penalty.
-        explicit_penalty: add λ·Ω(θ) (θ detached; the prox already handles θ) to the outer loss.
-            Its derivative Ω > 0 only pushes λ down, so it is off by default.
+        explicit_penalty: add an explicit λ·Ω term to the outer loss: `none` (default), `meta`
+            (λ·Ω(θ), θ detached since the prox already handles θ; its derivative Ω > 0 only
+            pushes λ down) or `adapted` (λ·Ω(φ_K) on each meta-task's adapted weights, with
+            gradients to λ and θ: the authors' code).
         optimizer: outer optimizer factory; `ProxAdamW` applies the outer prox.
         rho_lr: outer learning rate of ρ.
         prox_metric: metric of the outer prox, `adaptive` (Adam's) or `euclidean`.
@@ -84,14 +90,16 @@ class MetaSparsityModule(MultiTaskModuleBase):
         inner_lr: float = 1e-2,
         inner_sparsity: Literal["prox", "penalty"] = "prox",
         first_order: bool = False,
-        explicit_penalty: bool = False,
+        explicit_penalty: ExplicitPenalty = "none",
         optimizer: OptimizerCallable = ProxAdamW,
         rho_lr: float = 1e-2,
         prox_metric: ProxMetric = "adaptive",
         group_by: GroupBy = "in_channel",
         sparse_layers: str | None = None,
     ) -> None:
-        _check_meta_options(lambda_init, inner_steps, inner_lr, inner_sparsity, rho_lr)
+        _check_meta_options(
+            lambda_init, inner_steps, inner_lr, inner_sparsity, rho_lr, explicit_penalty
+        )
         super().__init__(
             tasks,
             targets,
@@ -183,7 +191,7 @@ class MetaSparsityModule(MultiTaskModuleBase):
             query_losses["+".join(keys)] = query.detach()
             for n, b in buffers.items():
                 buffer_sums[n] = buffer_sums[n] + b if n in buffer_sums else b
-        if self.hparams.explicit_penalty:
+        if self.hparams.explicit_penalty == "meta":
             for (_, w), lam in weights_and_lambdas:
                 total = total + lam * group_lasso(w.detach(), self.hparams.group_by)
         count = len(meta_batch)
@@ -210,7 +218,8 @@ class MetaSparsityModule(MultiTaskModuleBase):
         lambdas: Mapping[str, Tensor],
     ) -> tuple[Tensor, list[Tensor], dict[str, Tensor]]:
         """K inner steps on the support batch from θ (backbone + the meta-task's heads), then
-        the query loss; BN running stats go to a copy, returned."""
+        the query loss (plus λ·Ω(φ_K) with `explicit_penalty="adapted"`); BN running stats go
+        to a copy, returned."""
         params = {n: p for n, p in named.items() if _belongs_to(n, keys)}
         buffers = {n: b.clone() for n, b in self.model.named_buffers()}
         hp = self.hparams
@@ -224,7 +233,12 @@ class MetaSparsityModule(MultiTaskModuleBase):
             first_order=hp.first_order,
             group_by=hp.group_by,
         )
-        return self._task_loss(phi, buffers, keys, meta_task["query"]), losses, buffers
+        query = self._task_loss(phi, buffers, keys, meta_task["query"])
+        if hp.explicit_penalty == "adapted":
+            for name, lam in lambdas.items():
+                if name in phi:
+                    query = query + lam * group_lasso(phi[name], hp.group_by)
+        return query, losses, buffers
 
     def _task_loss(
         self,
@@ -326,7 +340,12 @@ def _belongs_to(param_name: str, keys: Sequence[str]) -> bool:
 
 
 def _check_meta_options(
-    lambda_init: float, inner_steps: int, inner_lr: float, inner_sparsity: str, rho_lr: float
+    lambda_init: float,
+    inner_steps: int,
+    inner_lr: float,
+    inner_sparsity: str,
+    rho_lr: float,
+    explicit_penalty: str,
 ) -> None:
     if not (lambda_init > 0 and math.isfinite(lambda_init)):
         raise ValueError(
@@ -343,3 +362,7 @@ def _check_meta_options(
         )
     if not rho_lr >= 0:
         raise ValueError(f"rho_lr must be >= 0 (0 keeps λ fixed), got {rho_lr!r}")
+    if explicit_penalty not in EXPLICIT_PENALTIES:
+        raise ValueError(
+            f"unknown explicit_penalty {explicit_penalty!r}; allowed: {list(EXPLICIT_PENALTIES)}"
+        )

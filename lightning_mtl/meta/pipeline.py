@@ -23,20 +23,27 @@ class MetaCLI(LightningMTLCLI):
         parser.add_class_arguments(MetaTestOptions, "meta_test")
 
 
-def run_meta(args: Sequence[str]) -> None:
-    """Meta-train (MetaSparsityModule on a MetaTaskDataModule), then meta-test; one table."""
+def run_meta(args: Sequence[str]) -> Path:
+    """Meta-train (MetaSparsityModule on a MetaTaskDataModule), then meta-test; one table.
+
+    Meta-training resumes from the run folder's `checkpoints/last.ckpt` when there is one (a
+    run named with `--run.name` and started before). Returns the meta-test folder.
+    """
     cli = build_cli(args, MetaCLI, MetaSparsityModule, MetaTaskDataModule, run=False)
     options = MetaTestOptions(**vars(cli.config.meta_test))
     plain_data = cli.datamodule.datamodule
     check_meta_test(options, list(cli.model.tasks), plain_data.targets)
-    cli.trainer.fit(cli.model, cli.datamodule)
-    cli.after_fit()
     trainer = cli.trainer
-    out = Path(trainer.log_dir or trainer.default_root_dir) / "meta_test"
+    run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(cli.model, cli.datamodule, ckpt_path=str(last) if last.is_file() else None)
+    cli.after_fit()
+    out = run_dir / "meta_test"
     rows = meta_test(cli.model, plain_data, options, out, _placement(cli.config.trainer))
     if trainer.is_global_zero and rows:
         print((out / "meta_test.md").read_text())
         print(f"meta-test tables: {out / 'meta_test.md'}, {out / 'meta_test.csv'}")
+    return out
 
 
 def _placement(trainer: Namespace) -> dict[str, object]:

@@ -205,6 +205,25 @@ def latency_vs_sparsity(points: Mapping[str, Sequence[tuple[float, float, float]
     return fig
 
 
+def lambda_curves(
+    curves: Mapping[str, Sequence[tuple[int, Sequence[int], Sequence[float]]]],
+) -> Figure:
+    """λ over the outer steps of meta-sparsity runs: one panel per variant, one line per seed
+    (`curves`: variant → [(seed, steps, λ values)]), log scale, λ's start dotted."""
+    fig, axes = _panels(len(curves), 4.2, 3.2, sharey=True)
+    for ax, (variant, runs) in zip(axes, curves.items(), strict=True):
+        for seed, steps, lambdas in runs:
+            ax.plot(steps, lambdas, label=f"seed {seed}")
+        ax.axhline(runs[0][2][0], color="grey", linestyle=":", linewidth=1)
+        ax.set_yscale("log")
+        ax.set_title(variant)
+        ax.set_xlabel("outer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    axes[0].set_ylabel("λ")
+    return fig
+
+
 def spy_plot(weights: NamedWeights, group_by: str = "in_channel", title: str = "") -> Figure:
     """Live (dark) and zero (white) channel groups of every conv, one row per layer.
 
