@@ -61,7 +61,6 @@ TINY_DATA = {"image_size": (32, 32), "batch_size": 4, "num_train": 16, "num_val"
 TINY_META_DATA = {**TINY_DATA, "image_size": (16, 16), "num_val": 4, "num_test": 4}
 #: 4 meta-batches per epoch of 2 meta-tasks with 4 support and 4 query samples each
 TINY_META = {"meta_batch_size": 2, "support_size": 4, "query_size": 4, "meta_batches_per_epoch": 4}
-#: a strong outer prox and a weak inner one: some groups die and λ gets a gradient
 #: `lightning-mtl meta` arguments that shrink experiments/meta/synthetic.yaml to seconds
 TINY_META_ARGS = [
     "--model.backbone_options", "{width: 8, layers: [1, 1, 1, 1]}",
@@ -79,6 +78,7 @@ TINY_META_ARGS = [
     "--trainer.callbacks", "[]",
     "--meta_test.epochs", "1",
 ]  # fmt: skip
+#: a strong outer prox and a weak inner one: some groups die and λ gets a gradient
 META_PRUNING = {
     "lambda_init": 1.0,
     "inner_lr": 1e-3,

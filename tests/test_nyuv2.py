@@ -27,14 +27,12 @@ from datamodules.nyuv2 import (
 )
 from datamodules.nyuv2.formats import MTANFormat
 from lightning_mtl.targets import TargetSpec
+from tests.helpers import REAL_FRAMES, REAL_NYUV2, write_real_nyuv2_png
 
 SIZE = (32, 48)
 N_TRAIN, N_TEST, SEED = 10, 3, 3
 KEYS = ("seg", "depth", "normal", "edge")
 NUM_CLASSES = {"mtan": 13, "nyud_mt": 40, "png": 13}
-REAL = Path(__file__).parents[2] / "shared" / "data" / "nyuv2-real-samples"
-#: nyu2_mini_test/image_i.png is the i-th of these labeled frames (SOURCES.md §1c)
-REAL_FRAMES = ("0001", "0002", "0009", "0014", "0015", "0016", "0017", "0018", "0021", "0028")
 
 
 @pytest.fixture(scope="module")
@@ -374,20 +372,10 @@ def test_bad_sample_raises_when_read_through_the_loader(copy_root: Callable[[str
 @pytest.fixture(scope="module")
 def real_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The 10 real test frames in the png layout; the first two copied as train too."""
-    if not REAL.is_dir():
-        pytest.skip(f"real NYU-v2 samples not found at {REAL}")
+    if not REAL_NYUV2.is_dir():
+        pytest.skip(f"real NYU-v2 samples not found at {REAL_NYUV2}")
     root = tmp_path_factory.mktemp("nyuv2_real")
-    for i, frame in enumerate(REAL_FRAMES):
-        sources = {
-            "rgb": REAL / "nyu2_mini_test" / f"image_{i}.png",
-            "depth": REAL / "nyu2_mini_test" / f"depth_{i}.png",
-            "labels_13": REAL / "test_labels_13" / f"new_nyu_class13_{frame}.png",
-        }
-        for split in ("test", "train") if i < 2 else ("test",):
-            for folder, source in sources.items():
-                (root / split / folder).mkdir(parents=True, exist_ok=True)
-                shutil.copy(source, root / split / folder / f"{frame}.png")
-    return root
+    return write_real_nyuv2_png(root, {"test": range(10), "train": range(2)})
 
 
 def test_real_samples(real_root: Path) -> None:

@@ -1,11 +1,11 @@
 """NYU-v2 from disk (MTAN npy, NYUD-MT, PNG exports), a root checker, and a synthetic writer."""
 
+from ..decoding import label_edges
 from .datamodule import NYUv2DataModule
 from .formats import (
     FORMATS,
     NYUv2DataError,
     NYUv2Format,
-    label_edges,
     list_nyuv2_formats,
     register_nyuv2_format,
 )

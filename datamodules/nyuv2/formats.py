@@ -1,24 +1,34 @@
-"""The three NYU-v2 on-disk formats: detection, sample listing, and strict per-file decoding.
+"""The three NYU-v2 on-disk formats: detection, sample listing, and each key's file and decoder.
 
-Every decoder turns one file into the array layout of `datamodules.base` and rejects anything
-that would give a silently wrong sample (wrong shape, labels out of range, NaN/inf, truncated
-files); `Layout.load` re-raises every failure as `NYUv2DataError` naming the file.
+Every key is decoded strictly by a converter of `datamodules.decoding` (wrong shape, labels out
+of range, NaN/inf and truncated files are rejected); `Layout.load` re-raises every failure as
+`NYUv2DataError` naming the file.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import ClassVar, Literal, TypeVar
 
 import numpy as np
-from PIL import Image
 
 from lightning_mtl.registry import Registry
-from lightning_mtl.targets import IGNORE_INDEX
+
+from ..decoding import (
+    depth_from_metres,
+    edge_from_binary,
+    image_from_float,
+    image_from_uint8,
+    load_image,
+    load_npy,
+    normal_from_float,
+    normal_from_uint8,
+    seg_from_labels,
+)
 
 
 class NYUv2DataError(ValueError):
@@ -28,115 +38,6 @@ class NYUv2DataError(ValueError):
 #: how depth is scaled when read: "none" = metres; "per_image_max" = divided by the image's
 #: largest depth (the reference code's normalisation, see `depth_per_image_max`)
 DepthNormalisation = Literal["none", "per_image_max"]
-
-
-# --- decoding -------------------------------------------------------------------------------
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
-
-
-def _load_png(path: Path, modes: Sequence[str]) -> np.ndarray:
-    with Image.open(path) as im:
-        if im.mode not in modes:
-            raise ValueError(f"image mode {im.mode}, expected one of {list(modes)}")
-        im.load()
-        return np.asarray(im)
-
-
-def _channels_last(a: np.ndarray, c: int) -> np.ndarray:
-    """[H,W,c] from [H,W,c] or [c,H,W] (and from [H,W] when c == 1)."""
-    if a.ndim == 2 and c == 1:
-        return a[..., None]
-    if a.ndim == 3 and a.shape[-1] == c:
-        return a
-    if a.ndim == 3 and a.shape[0] == c:
-        return np.moveaxis(a, 0, -1)
-    raise ValueError(f"shape {a.shape}, expected [H,W,{c}] or [{c},H,W]")
-
-
-def _finite(a: np.ndarray) -> np.ndarray:
-    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
-        raise ValueError(f"dtype {a.dtype}, expected real numbers")
-    if not np.isfinite(a).all():
-        raise ValueError("contains NaN or inf")
-    return a.astype(np.float32)
-
-
-def image_from_float(a: np.ndarray) -> np.ndarray:
-    """A float image in [0,1], [H,W,3] or [3,H,W] (the MTAN npy)."""
-    a = _finite(_channels_last(a, 3))
-    if a.min() < 0 or a.max() > 1:
-        raise ValueError(f"values in [{a.min():.3g}, {a.max():.3g}], expected [0, 1]")
-    return a
-
-
-def image_from_uint8(a: np.ndarray) -> np.ndarray:
-    """An 8-bit RGB image → float [0,1]."""
-    return a.astype(np.float32) / 255.0
-
-
-def seg_from_labels(a: np.ndarray, ignore: int, first: int, num_classes: int) -> np.ndarray:
-    """Stored labels (`ignore` = unlabeled, `first`.. = classes) → 0..num_classes-1, 255."""
-    if a.ndim != 2:
-        raise ValueError(f"shape {a.shape}, expected [H,W]")
-    a = _finite(a)
-    last = first + num_classes - 1
-    bad = (a != np.round(a)) | (((a < first) | (a > last)) & (a != ignore))
-    if bad.any():
-        raise ValueError(f"label {a[bad].flat[0]:g} outside {ignore} (ignore) and {first}..{last}")
-    return np.where(a == ignore, IGNORE_INDEX, a - first).astype(np.int64)
-
-
-def depth_from_metres(a: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """Depth [H,W] (or with a unit channel) × `scale` → metres; 0 = invalid, negative rejected."""
-    a = _finite(_channels_last(a, 1)[..., 0]) * np.float32(scale)
-    if a.min() < 0:
-        raise ValueError(f"negative depth {a.min():g}, expected metres >= 0 (0 = invalid)")
-    return a
-
-
-def depth_per_image_max(depth: np.ndarray) -> np.ndarray:
-    """Depth divided by its largest value, so valid depth lies in (0, 1] and 0 stays invalid
-    (an image without valid depth stays all 0)."""
-    top = depth.max(initial=0.0)
-    return (depth / top if top > 0 else depth).astype(np.float32)
-
-
-def normal_from_float(a: np.ndarray) -> np.ndarray:
-    """Normals [H,W,3] or [3,H,W], unit vectors, all-zero = invalid."""
-    return _finite(_channels_last(a, 3))
-
-
-def normal_from_uint8(a: np.ndarray) -> np.ndarray:
-    """RGB png normals, n = v/127.5 − 1 re-normalised; v = (0,0,0) = invalid → 0."""
-    n = a.astype(np.float32) / 127.5 - 1.0
-    norm = np.linalg.norm(n, axis=-1, keepdims=True)
-    valid = a.any(axis=-1, keepdims=True) & (norm > 0)
-    return np.where(valid, n / np.where(valid, norm, 1.0), 0.0).astype(np.float32)
-
-
-def edge_from_binary(a: np.ndarray) -> np.ndarray:
-    """An edge map in {0,1}, [H,W] or with a unit channel."""
-    a = _finite(_channels_last(a, 1)[..., 0])
-    if not np.isin(a, (0, 1)).all():
-        raise ValueError("values other than 0 and 1")
-    return a
-
-
-def label_edges(seg: np.ndarray) -> np.ndarray:
-    """Edges derived from labels: 1 on both pixels of every 4-neighbour pair with different
-    labels, pairs touching an ignored (255) pixel excluded (2 px wide, flip-symmetric)."""
-    valid = seg != IGNORE_INDEX
-    e = np.zeros(seg.shape, dtype=bool)
-    dv = (seg[1:] != seg[:-1]) & valid[1:] & valid[:-1]
-    dh = (seg[:, 1:] != seg[:, :-1]) & valid[:, 1:] & valid[:, :-1]
-    e[1:] |= dv
-    e[:-1] |= dv
-    e[:, 1:] |= dh
-    e[:, :-1] |= dh
-    return e.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -158,12 +59,12 @@ def _apply(load: Callable[[Path], np.ndarray], convert: Callable, path: Path) ->
 
 def _npy(convert: Callable[[np.ndarray], np.ndarray]) -> Callable[[Path], np.ndarray]:
     """A picklable reader: `convert(np.load(path))`."""
-    return partial(_apply, _load_npy, convert)
+    return partial(_apply, load_npy, convert)
 
 
 def _png(convert: Callable[[np.ndarray], np.ndarray], *modes: str) -> Callable[[Path], np.ndarray]:
     """A picklable reader: `convert` of a png/jpg of one of `modes`."""
-    return partial(_apply, partial(_load_png, modes=modes), convert)
+    return partial(_apply, partial(load_image, modes=modes), convert)
 
 
 # --- formats --------------------------------------------------------------------------------

@@ -11,15 +11,8 @@ import numpy as np
 from lightning_mtl.targets import TargetSpec
 
 from ..base import Arrays
-from .formats import (
-    FORMATS,
-    DepthNormalisation,
-    Field,
-    NYUv2DataError,
-    NYUv2Format,
-    depth_per_image_max,
-    label_edges,
-)
+from ..decoding import depth_per_image_max, label_edges
+from .formats import FORMATS, DepthNormalisation, Field, NYUv2DataError, NYUv2Format
 
 
 @dataclass(frozen=True)
