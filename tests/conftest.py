@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -30,3 +31,15 @@ def registries():
     """Registrations made by the test are undone afterwards (`helpers.restored_registries`)."""
     with helpers.restored_registries():
         yield
+
+
+@pytest.fixture
+def hub_dir(tmp_path, monkeypatch):
+    """An empty torch hub directory; any download attempt fails the test."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("weights must never be downloaded")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    return tmp_path

@@ -41,6 +41,18 @@ def test_bench_reports_the_prox_cost_the_data_pipeline_and_compaction(capsys, tm
     assert plot.stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_backbones_bench_compares_with_the_reference(capsys):
+    args = ["--parts", "backbones", "--backbone", "resnet18", "--backbones", "[mobilenet_v3_small]"]
+    tiny = ["--image_size", "32", "--head_channels", "8", "--rounds", "1"]
+    rows = main([*args, *tiny])["backbones"]
+    assert [r["backbone"] for r in rows] == ["resnet18", "mobilenet_v3_small"]
+    assert [r["output_stride"] for r in rows] == [8, 16]
+    assert rows[0]["step_ratio"] == 1.0 and rows[1]["step_ms"] > 0
+    assert all(r["max_abs_diff"] <= 1e-5 * r["max_abs_output"] for r in rows)
+    assert "mobilenet_v3_small" in capsys.readouterr().out
+
+
 def test_compaction_bench_measures_a_trained_checkpoint(tmp_path, sparse_checkpoint):
     from lightning_mtl import sparsity_stats
 

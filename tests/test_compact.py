@@ -167,9 +167,53 @@ def test_a_dense_model_is_left_alone():
 
 def test_unsupported_modules_are_named():
     backbone = tiny_backbone()
-    head = nn.Sequential(nn.Conv2d(64, 8, 1), nn.GroupNorm(2, 8), nn.Conv2d(8, 2, 1))
-    with pytest.raises(ValueError, match=r"'heads.bad.1' \(GroupNorm\)"):
+    head = nn.Sequential(nn.Conv2d(64, 8, 1), nn.ConvTranspose2d(8, 8, 2), nn.Conv2d(8, 2, 1))
+    with pytest.raises(ValueError, match=r"'heads.bad.1' \(ConvTranspose2d\)"):
         compact(MultiTaskModel(backbone, {"bad": head}))
+
+
+@pytest.mark.parametrize("norm", [nn.GroupNorm(2, 8), nn.LayerNorm([8, 4, 4])])
+def test_channels_a_norm_mixes_are_kept(norm):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), norm, nn.ReLU(), nn.Conv2d(8, 2, 1)).eval()
+    with torch.no_grad():
+        model[3].weight[:, :5] = 0  # dead to the last conv, but the norm mixes them in
+        x = torch.rand(2, 3, 4, 4)
+        expected = model(x)
+    assert compact(model, x[:1]).removed_channels == {}
+    with torch.no_grad():
+        _assert_same(expected, model(x))
+
+
+def test_grouped_convs_lose_channels_in_whole_sets():
+    """conv a → BN → conv b (2 conv groups of 4 channels) → BN → conv c."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=2),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 1),
+    )
+    _sparsify(model, seed=4)
+    a, b, c = model[0], model[3], model[6]
+    with torch.no_grad():
+        a.weight.normal_()  # _sparsify zeroes conv inputs, here the RGB ones too
+        b.weight.normal_()
+        c.weight.normal_()
+        b.weight[:, 1] = 0  # input group 1: channel 1 of both conv groups (a's outputs 1 and 5)
+        b.weight[:4, 2] = 0  # a's output 2 is dead, but its partner 6 is read: both stay
+        c.weight[:, [0, 1, 5]] = 0  # b's outputs: 2 dead in conv group 0, 1 in conv group 1
+        x = _images()
+        expected = model(x)
+    report = compact(model, x[:1])
+    assert (a.out_channels, b.in_channels) == (6, 6)
+    assert (b.out_channels, c.in_channels, b.groups) == (6, 6, 2)  # one per conv group: 0 and 5
+    assert report.removed_channels == {"3": 2, "6": 2}
+    with torch.no_grad():
+        _assert_same(expected, model(x))
+        kept = model[3].weight[:, :, 1, 1]
+    assert kept.shape == (6, 3)
 
 
 def test_a_prox_trained_module_compacts_exactly(sparse_checkpoint):

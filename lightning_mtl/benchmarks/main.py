@@ -6,6 +6,8 @@
 3. compaction: MACs and latency of dense vs compacted backbones, 0–90 % zero groups
    (`compaction.py`).
 4. meta: one meta-sparsity outer step against one MTL training step (`meta.py`).
+5. backbones: params, MACs, compaction error and training-step time of torchvision backbones
+   against the dilated ResNet (`backbones.py`; not in the default `--parts`).
 
 Timings are medians of `torch.utils.benchmark.Timer` (`timing.py`); the compared statements
 alternate so that machine noise hits them alike. Absolute times are not comparable between
@@ -21,7 +23,7 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 
-from lightning_mtl.benchmarks import compaction, data, meta, prox
+from lightning_mtl.benchmarks import backbones, compaction, data, meta, prox
 from lightning_mtl.benchmarks.meta import expected_meta_ratio, parse_meta_config
 from lightning_mtl.benchmarks.options import BenchOptions
 
@@ -34,6 +36,7 @@ PARTS: dict[str, Callable[[BenchOptions, torch.device, Console], dict]] = {
     "data": data.run,
     "compaction": compaction.run,
     "meta": meta.run,
+    "backbones": backbones.run,
 }
 
 

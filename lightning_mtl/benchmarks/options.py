@@ -15,8 +15,9 @@ class BenchOptions:
     """`lightning-mtl bench` options (`--config FILE`, `--print_config`).
 
     Args:
-        parts: comma-separated parts to run (prox, data, compaction, meta).
-        backbone: the dilated ResNet of the prox, data and compaction parts.
+        parts: comma-separated parts to run (prox, data, compaction, meta, backbones).
+        backbone: the dilated ResNet of the prox, data and compaction parts, and the reference
+            of the backbones part.
         image_size: side of the square inputs.
         batch_size: batch of the training steps.
         head_channels: channels of the seg, depth and normal heads.
@@ -39,6 +40,7 @@ class BenchOptions:
             order.
         meta_warmup: untimed steps per config.
         meta_rounds: timed steps per config.
+        backbones: the backbones part's backbones (registered names), compared with `backbone`.
     """
 
     parts: str = "prox,data,compaction,meta"
@@ -63,3 +65,13 @@ class BenchOptions:
     meta_configs: list[str] = field(default_factory=lambda: ["2x1", "4x1", "2x2", "2x1fo"])
     meta_warmup: int = 1
     meta_rounds: int = 3
+    backbones: list[str] = field(
+        default_factory=lambda: [
+            "convnext_tiny",
+            "mobilenet_v3_large",
+            "efficientnet_b0",
+            "regnet_y_800mf",
+            "resnext50_32x4d",
+            "wide_resnet50_2",
+        ]
+    )

@@ -13,17 +13,27 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, fx, nn
+from torchvision.models import convnext, efficientnet, mobilenetv2, mobilenetv3, regnet, resnet
 from torchvision.models.feature_extraction import create_feature_extractor
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from lightning_mtl.models.multitask import at_input_size
 
-__all__ = ["TAP_OUTPUTS", "LayerOptimizedModel", "TruncatedBackbone"]
+__all__ = ["BLOCKS", "TAP_OUTPUTS", "LayerOptimizedModel", "TruncatedBackbone"]
 
 #: What a tap reads: the raw output of its conv (before BN/ReLU, as the LOMT authors did), or the
 #: output of the residual block holding the conv.
 TAP_OUTPUTS: tuple[str, ...] = ("conv", "block")
-_BLOCKS = (BasicBlock, Bottleneck)
+#: the residual/building blocks whose output `tap_output="block"` reads (the torchvision families')
+BLOCKS: tuple[type[nn.Module], ...] = (
+    resnet.BasicBlock,
+    resnet.Bottleneck,
+    regnet.ResBottleneckBlock,
+    mobilenetv2.InvertedResidual,
+    mobilenetv3.InvertedResidual,
+    efficientnet.MBConv,
+    efficientnet.FusedMBConv,
+    convnext.CNBlock,
+)
 # spatial size of the dummy input used to measure the tap channel counts
 _PROBE_SIZE = 32
 
@@ -32,13 +42,15 @@ class TruncatedBackbone(nn.Module):
     """The backbone up to its deepest tap, returning `{tap: features}`.
 
     Args:
-        backbone: a backbone with `conv_layers()` (e.g. `DilatedResNet`), traceable by torch.fx.
-            Its modules are shared, not copied: the kept convs are the backbone's own objects.
+        backbone: a backbone with `conv_layers()` (`DilatedResNet`, `TorchvisionBackbone`),
+            traceable by torch.fx. Its modules are shared, not copied: the kept convs are the
+            backbone's own objects.
         taps: conv names from `backbone.conv_layers()` (`layer3.3.conv1`, `conv1`, …).
         tap_output: `conv`: a tap is the raw output of its conv; `block`: the output of the
-            residual block (`BasicBlock`/`Bottleneck`) holding the conv (`layer3.3.conv1` →
-            `layer3.3`, the block's final ReLU). A conv outside any residual block (the stem,
-            `conv1` or `conv1.0/3/6` with the deep stem) gives its own output in both modes.
+            block (one of `BLOCKS`: ResNet's `BasicBlock`/`Bottleneck`, RegNet's, MobileNet's,
+            EfficientNet's and ConvNeXt's blocks) holding the conv (`layer3.3.conv1` →
+            `layer3.3`, the block's final ReLU; `features.4.block.0.0` → `features.4`). A conv
+            outside any block (a stem, a last 1×1 conv) gives its own output in both modes.
 
     Attributes:
         taps: the distinct taps, in the given order.
@@ -166,10 +178,10 @@ def _code(graph: fx.Graph) -> str:
 
 
 def _block_of(backbone: nn.Module, conv: str) -> str:
-    """The residual block holding a conv (`layer3.3.conv1` → `layer3.3`), else the conv."""
+    """The block holding a conv (`layer3.3.conv1` → `layer3.3`), else the conv."""
     parts = conv.split(".")
     for end in range(len(parts) - 1, 0, -1):
         prefix = ".".join(parts[:end])
-        if isinstance(backbone.get_submodule(prefix), _BLOCKS):
+        if isinstance(backbone.get_submodule(prefix), BLOCKS):
             return prefix
     return conv

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
@@ -16,16 +13,16 @@ from torchvision.models import (
     ResNet34_Weights,
     ResNet50_Weights,
     ResNet101_Weights,
+    ResNet152_Weights,
 )
 from torchvision.models._api import WeightsEnum
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1, conv3x3
 
+from lightning_mtl.models.torchvision_backbone import TORCHVISION_BACKBONES, torchvision_backbone
+from lightning_mtl.models.weights import IMAGENET_MEAN, IMAGENET_STD, load_checked, read_weights
 from lightning_mtl.registry import Registry
 
 __all__ = ["BACKBONES", "DilatedResNet", "build_backbone", "list_backbones"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # depth -> (block, blocks per stage, torchvision ImageNet weights)
 _ARCHS: dict[int, tuple[type[BasicBlock | Bottleneck], tuple[int, ...], type[WeightsEnum]]] = {
@@ -33,6 +30,7 @@ _ARCHS: dict[int, tuple[type[BasicBlock | Bottleneck], tuple[int, ...], type[Wei
     34: (BasicBlock, (3, 4, 6, 3), ResNet34_Weights),
     50: (Bottleneck, (3, 4, 6, 3), ResNet50_Weights),
     101: (Bottleneck, (3, 4, 23, 3), ResNet101_Weights),
+    152: (Bottleneck, (3, 8, 36, 3), ResNet152_Weights),
 }
 # output stride -> torchvision's `replace_stride_with_dilation` for layer2..layer4
 _DILATE: dict[int, tuple[bool, bool, bool]] = {
@@ -40,19 +38,17 @@ _DILATE: dict[int, tuple[bool, bool, bool]] = {
     16: (False, False, True),
     32: (False, False, False),
 }
-# keys of torchvision's ImageNet classifier, which the backbone does not have
-_CLASSIFIER_KEYS = ("fc.weight", "fc.bias")
 
 
 class DilatedResNet(nn.Module):
-    """ResNet-18/34/50/101 feature extractor with dilated last stages (torchvision layout).
+    """ResNet-18/34/50/101/152 feature extractor with dilated last stages (torchvision layout).
 
     Module names match torchvision's `ResNet` (`conv1`, `bn1`, `layer1`..`layer4`; no `avgpool`
     or `fc`), so torchvision state dicts load. The input is an image batch in [0, 1]; the
     backbone applies the ImageNet normalisation itself, so exported models are self-contained.
 
     Args:
-        depth: 18, 34 (BasicBlock), 50 or 101 (Bottleneck).
+        depth: 18, 34 (BasicBlock), 50, 101 or 152 (Bottleneck).
         output_stride: 8 (layer3/layer4 dilated 2/4), 16 (layer4 dilated 2) or 32 (no dilation).
         deep_stem: ResNet-D stem: `conv1` is three 3×3 convs (3→w/2 stride 2, w/2→w/2, w/2→w).
         width: channels of the stem and first stage; stage planes are width·(1, 2, 4, 8).
@@ -115,23 +111,15 @@ class DilatedResNet(nn.Module):
 
         if weights is None:
             return
-        if weights == "imagenet" or weights in weights_enum.__members__:
-            if deep_stem or width != 64 or layers != default_layers:
-                raise ValueError(
-                    "torchvision has ImageNet weights only for the standard ResNet-"
-                    f"{depth} (deep_stem=False, width=64, layers={list(default_layers)}); got "
-                    f"deep_stem={deep_stem}, width={width}, layers={list(layers)}"
-                )
-            member = weights_enum.DEFAULT if weights == "imagenet" else weights_enum[weights]
-            self._load(_cached_state_dict(member), repr(member))
-        else:
-            path = Path(weights)
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"weights must be None, 'imagenet', one of {list(weights_enum.__members__)} "
-                    f"or the path of a state-dict file; no file at {path}"
-                )
-            self._load(torch.load(path, map_location="cpu", weights_only=True), str(path))
+        standard = not deep_stem and width == 64 and layers == default_layers
+        if (weights == "imagenet" or weights in weights_enum.__members__) and not standard:
+            raise ValueError(
+                "torchvision has ImageNet weights only for the standard ResNet-"
+                f"{depth} (deep_stem=False, width=64, layers={list(default_layers)}); got "
+                f"deep_stem={deep_stem}, width={width}, layers={list(layers)}"
+            )
+        # torchvision's classifier (`fc.*`) is not part of the backbone
+        load_checked(self, *read_weights(weights, weights_enum), ignore=("fc",))
 
     def forward(self, x: Tensor) -> Tensor:
         """Final feature map [N, out_channels, H/s, W/s] of images [N, 3, H, W] in [0, 1]."""
@@ -143,31 +131,6 @@ class DilatedResNet(nn.Module):
         """Every conv, named relative to the backbone (`layer3.3.conv1`), in forward order."""
         # registration order is execution order: stem, then per block conv1..3 before downsample
         return [(name, m) for name, m in self.named_modules() if isinstance(m, nn.Conv2d)]
-
-    def _load(self, state_dict: Mapping[str, Tensor], source: str) -> None:
-        """Load a (torchvision) state dict, naming every missing, unexpected or misshapen key."""
-        state = {k: v for k, v in state_dict.items() if k not in _CLASSIFIER_KEYS}
-        own = self.state_dict()
-        # old torchvision files predate BatchNorm's `num_batches_tracked`; loading fills it in
-        missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-        unexpected = [k for k in state if k not in own]
-        misshapen = [
-            f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})"
-            for k, v in state.items()
-            if k in own and v.shape != own[k].shape
-        ]
-        problems = [
-            f"{what}: {_listing(keys)}"
-            for what, keys in (
-                ("missing keys", missing),
-                ("unexpected keys", unexpected),
-                ("shape mismatches", misshapen),
-            )
-            if keys
-        ]
-        if problems:
-            raise ValueError(f"weights {source} do not fit this backbone; " + "; ".join(problems))
-        self.load_state_dict(state, strict=False)
 
 
 def _make_stage(
@@ -213,32 +176,13 @@ def _deep_stem(width: int) -> nn.Sequential:
     )
 
 
-def _cached_state_dict(member: WeightsEnum) -> dict[str, Tensor]:
-    """The state dict of torchvision weights from the torch hub cache; never downloads."""
-    file_name = os.path.basename(urlparse(member.url).path)
-    directory = Path(torch.hub.get_dir()) / "checkpoints"
-    path = directory / file_name
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{member!r} is not in the torch hub cache and is never downloaded: place "
-            f"{file_name} (from {member.url}) in {directory}, or pass the path of a local "
-            "state-dict file as weights"
-        )
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _listing(keys: Iterable[str], limit: int = 10) -> str:
-    """Comma-separated keys, cut after `limit` with the total count."""
-    keys = list(keys)
-    shown = ", ".join(keys[:limit])
-    return shown if len(keys) <= limit else f"{shown}, … ({len(keys)} in all)"
-
-
 #: backbones by name; an entry builds the backbone from keyword options. A backbone exposes
-#: `out_channels` and `conv_layers()` (its convs, named and in forward order).
+#: `out_channels` and `conv_layers()` (its grouped convs, named and in forward order).
 BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
 for _depth in _ARCHS:
     BACKBONES.register(f"resnet{_depth}", partial(DilatedResNet, _depth))
+for _name in TORCHVISION_BACKBONES:
+    BACKBONES.register(_name, partial(torchvision_backbone, _name))
 
 
 def list_backbones() -> list[str]:
@@ -247,6 +191,6 @@ def list_backbones() -> list[str]:
 
 
 def build_backbone(name: str, **kwargs: Any) -> nn.Module:
-    """A backbone by registered name (`resnet18|34|50|101`: a `DilatedResNet`); `kwargs` go to
-    its constructor."""
+    """A backbone by registered name (`resnet18|34|50|101|152`: a `DilatedResNet`; torchvision
+    model names such as `convnext_tiny`: a `TorchvisionBackbone`); `kwargs` go to its factory."""
     return BACKBONES.get(name)(**kwargs)

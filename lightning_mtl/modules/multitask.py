@@ -31,10 +31,12 @@ class MultiTaskLightningModule(MultiTaskModuleBase):
             task) or `Task` objects.
         targets: what the datamodule provides (`datamodule.targets`); the CLI links it. Needed
             to resolve task keys, not for `Task` objects.
-        backbone: a registered backbone (`list_backbones()`): `resnet18|34|50|101`, dilated
-            (output stride 8 by default).
-        backbone_options: extra `DilatedResNet` arguments (`deep_stem`, `width`, `layers`,
-            `weights`, `output_stride`).
+        backbone: a registered backbone (`list_backbones()`): `resnet18|34|50|101|152`, dilated
+            (output stride 8 by default), or a torchvision model name (`convnext_tiny`,
+            `efficientnet_b0`, …: `torchvision_backbone`).
+        backbone_options: extra arguments of the backbone (`DilatedResNet`: `deep_stem`,
+            `width`, `layers`, `weights`, `output_stride`; torchvision: `weights`,
+            `output_stride` and `get_model` options such as `width_mult`).
         head_channels: channels of the DeepLabV3 heads (256 in the papers).
         weighting: loss weighting by registered name (`uncertainty`, `equal`, …).
         optimizer: optimizer factory taking param groups; `ProxAdamW` applies the prox.

@@ -11,6 +11,12 @@ the next stage and the heads, and is removed only when all of them read it as ze
 A layer input whose channels are all dead keeps one channel (the lowest index): shapes stay valid
 (no 0-channel conv) and the outputs stay exact, as the kept channel is still read with zero
 weights.
+
+Convs with `groups` keep equal group widths: a grouped conv loses input channels only at the same
+position in every conv group (its input groups, see `sparsity.groups`), and output channels only
+as many from each conv group. A channel-wise (depthwise) conv passes its channels through, one
+slot each: the slot goes with its channel. A norm over several channels at once (LayerNorm, as in
+ConvNeXt, or GroupNorm) would change if one of them went, so channels it normalises are kept.
 """
 
 from __future__ import annotations
@@ -35,9 +41,18 @@ __all__ = [
     "save_compacted",
 ]
 
-#: Modules with parameters whose channel surgery is exact; any other parametrised module in the
-#: model is refused (e.g. GroupNorm couples channels, grouped convs index inputs per group).
-SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+#: Modules with parameters that `compact` handles exactly (the norms in `COUPLING_NORMS` by never
+#: removing their channels); a module holding other parameters than per-channel scales of shape
+#: [C, 1, 1] (ConvNeXt's `layer_scale`) is refused.
+SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Conv2d,
+    nn.Linear,
+    nn.BatchNorm2d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+)
+#: Norms whose statistics mix channels: a channel they normalise is never removed.
+COUPLING_NORMS: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm)
 _CONSUMERS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
 _PRODUCERS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
 
@@ -71,9 +86,10 @@ def compact(model: nn.Module, example_inputs: Tensor | None = None) -> Compactio
     """Remove every dead channel of `model` in place (see the module docstring) and report it.
 
     `example_inputs` (default: one 3×64×64 image) is only used to trace the graph and count
-    MACs. Works on any model built from `SUPPORTED_LAYERS` and parameter-free channel-wise ops
-    (`MultiTaskModel`, a bare `DilatedResNet`); raises `ValueError` naming any other
-    parametrised module. Outputs are unchanged up to float rounding in eval mode.
+    MACs. Works on any model built from `SUPPORTED_LAYERS`, per-channel scales and
+    parameter-free ops (`MultiTaskModel`, a bare `DilatedResNet` or `TorchvisionBackbone`);
+    raises `ValueError` naming any other parametrised module. Outputs are unchanged up to float
+    rounding in eval mode.
     """
     _check_supported(model)
     if example_inputs is None:
@@ -107,17 +123,18 @@ def compact(model: nn.Module, example_inputs: Tensor | None = None) -> Compactio
 def _check_supported(model: nn.Module) -> None:
     """Refuse parametrised modules whose channels `compact` cannot remove exactly."""
     for name, m in model.named_modules():
-        if next(m.parameters(recurse=False), None) is None:
+        own = list(m.parameters(recurse=False))
+        if isinstance(m, SUPPORTED_LAYERS) or all(_is_channel_scale(p) for p in own):
             continue
-        if not isinstance(m, SUPPORTED_LAYERS):
-            raise ValueError(
-                f"compact() does not support module {name!r} ({type(m).__name__}); supported "
-                f"parametrised modules: {[t.__name__ for t in SUPPORTED_LAYERS]}"
-            )
-        if isinstance(m, nn.Conv2d) and m.groups != 1:
-            raise ValueError(
-                f"compact() does not support grouped conv {name!r} (groups={m.groups})"
-            )
+        raise ValueError(
+            f"compact() does not support module {name!r} ({type(m).__name__}); supported "
+            f"parametrised modules: {[t.__name__ for t in SUPPORTED_LAYERS]} and modules whose "
+            "own parameters are per-channel scales of shape [C, 1, 1]"
+        )
+
+
+def _is_channel_scale(p: Tensor) -> bool:
+    return p.dim() == 3 and p.shape[1:] == (1, 1)
 
 
 def _trace(model: nn.Module, example_inputs: Tensor) -> tuple[tp.DependencyGraph, set]:
@@ -143,27 +160,81 @@ def _dead_channels(
 ) -> Iterator[tuple[nn.Module, list[int]]]:
     """(root conv/linear, its output channels to remove) for every coupled channel group.
 
-    A channel is dead when at least one conv/linear reads it, every reader's input slice is
-    exactly zero and it is not a model output. One channel per group always survives.
+    A channel is dead when at least one conv/linear reads it, every reader's weights reading it
+    are exactly zero and it is not a model output. One channel per group always survives; a
+    group normalised by a `COUPLING_NORMS` layer keeps all; grouped convs keep what they must
+    (`_removable`).
     """
     for group in graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear)):
+        if any(isinstance(item.dep.target.module, COUPLING_NORMS) for item in group.items):
+            continue
         n = len(group[0].root_idxs)
         read = torch.zeros(n, dtype=torch.long)  # counts: a root channel may map to many slices
         live = torch.zeros(n, dtype=torch.long)
         for item in group.items:
             dep, roots = item.dep, torch.as_tensor(item.root_idxs)
-            if dep.target.grad_fn in outputs:
-                live.index_add_(0, roots, torch.ones_like(roots))
-            elif dep.handler in _CONSUMERS:
-                weight = dep.target.module.weight.detach()
-                nonzero = weight[:, item.idxs].reshape(weight.shape[0], len(roots), -1).ne(0)
+            if dep.handler in _CONSUMERS:  # a reader, even one whose own output is an output
                 read.index_add_(0, roots, torch.ones_like(roots))
-                live.index_add_(0, roots, nonzero.any(2).any(0).long().cpu())
-        dead = ((read > 0) & (live == 0)).nonzero().flatten().tolist()
-        if len(dead) == n:
-            dead = dead[1:]
+                live.index_add_(0, roots, _reads(dep.target.module)[item.idxs].long())
+            elif dep.target.grad_fn in outputs:
+                live.index_add_(0, roots, torch.ones_like(roots))
+        dead = (read > 0) & (live == 0)
+        if dead.all():
+            dead[0] = False
+        dead = _removable(group, dead).nonzero().flatten().tolist()
         if dead:
             yield group[0].dep.target.module, dead
+
+
+def _reads(layer: nn.Module) -> Tensor:
+    """Per input channel of a conv (any `groups`) or linear layer: any nonzero weight reads it."""
+    weight = layer.weight.detach()
+    if isinstance(layer, nn.Linear):
+        return weight.ne(0).any(0).cpu()
+    g = layer.groups  # conv group k: output rows k·O/g…, input channels k·I/g…
+    per_group = weight.reshape(g, weight.shape[0] // g, weight.shape[1], -1)
+    return per_group.ne(0).any(3).any(1).flatten().cpu()
+
+
+def _removable(group: tp.Group, dead: Tensor) -> Tensor:
+    """`dead` less what the grouped convs of `group` must keep to keep equal group widths.
+
+    torch-pruning removes a grouped conv's inputs by their position in the first conv group, so
+    a position goes only when it is dead in every conv group; outputs go as many per conv group
+    as the conv group with the fewest dead ones has (the lowest first). A conv whose channels the
+    group holds only in part keeps them all. Repeated until no constraint removes more.
+    """
+    dead = dead.clone()
+    grids = []  # (is_input, [conv groups, channels per conv group] of root indices)
+    for item in group.items:
+        conv, handler = item.dep.target.module, item.dep.handler
+        if (
+            not isinstance(conv, nn.Conv2d)
+            or conv.groups == 1
+            or handler not in _PRODUCERS + _CONSUMERS
+        ):
+            continue  # channel-wise convs (torch-pruning's depthwise handlers) pass channels on
+        is_input = handler in _CONSUMERS
+        size = conv.in_channels if is_input else conv.out_channels
+        roots = torch.as_tensor(item.root_idxs)
+        if sorted(item.idxs) != list(range(size)):
+            dead[roots] = False
+            continue
+        local = torch.empty(size, dtype=torch.long)
+        local[torch.as_tensor(item.idxs)] = roots
+        grids.append((is_input, local.view(conv.groups, -1)))
+    changed = True
+    while changed:
+        changed = False
+        for is_input, grid in grids:
+            d = dead[grid]
+            # inputs: positions dead in every conv group; outputs: the first k of each conv group
+            allowed = d.all(0, keepdim=True) if is_input else d.cumsum(1) <= d.sum(1).min()
+            kept = d & ~allowed
+            if kept.any():
+                dead[grid[kept]] = False
+                changed = True
+    return dead
 
 
 def _producer_fn(module: nn.Module) -> object:
