@@ -101,7 +101,7 @@ def test_study_refuses_a_missing_config_file(tmp_path):
 def study_run(variant: str, seed: int, lambdas: list[float], metrics: dict) -> StudyRun:
     """A run with a constructed λ path and meta-test rows (main metric per init)."""
     rows = [
-        {"phase": "seen", "init": init, "tasks": "seg+depth", **values}
+        {"phase": "seen", "init": init, "tasks": "seg+depth", "group_pct": 10.0 * seed, **values}
         for init, values in metrics.items()
     ]
     meta_test = {
@@ -130,5 +130,8 @@ def test_tables_count_directions_and_wins_by_hand():
     table = meta_test_table(runs)
     # IoU: meta 0.5 ± 0.1414 vs scratch 0.5 ± 0, meta better in 1/2; abs. error (lower is
     # better): meta 1.25 ± 0.3536 vs 2.5 ± 0.7071, better in 2/2
-    assert "| test/seg/iou (↑) | 0.5000 ± 0.1414 | 0.5000 ± 0.0000 | 1/2 |" in table
-    assert "| test/depth/abs_err (↓) | 1.2500 ± 0.3536 | 2.5000 ± 0.7071 | 2/2 |" in table
+    # groups zero: 0 % (seed 0) and 10 % (seed 1) for both inits → mean 5.0
+    assert "| test/seg/iou (↑) | 0.5000 ± 0.1414 | 0.5000 ± 0.0000 | 1/2 | 5.0 / 5.0 |" in table
+    assert (
+        "| test/depth/abs_err (↓) | 1.2500 ± 0.3536 | 2.5000 ± 0.7071 | 2/2 | 5.0 / 5.0 |" in table
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +53,7 @@ class StudyRun:
     variant: str
     seed: int
     steps: list[int]
-    lambdas: list[float]  # λ at each logged outer step
+    lambdas: list[float]  # λ at step 0 (lambda_init) and at each logged outer step
     lambda_init: float
     meta_test: dict[str, Any]  # meta_test.json: rows, main_metrics, higher_is_better
 
@@ -122,7 +123,8 @@ def run_study(options: MetaStudyOptions) -> StudyResult:
 
 
 def read_study_run(folder: Path, variant: str, seed: int) -> StudyRun:
-    """λ over the outer steps (metrics.csv), λ's start (config.yaml) and the meta-test."""
+    """λ over the outer steps (metrics.csv) from its start at step 0 (config.yaml), and the
+    meta-test."""
     result = folder / "meta_test" / META_TEST_RESULT
     if not result.is_file():
         raise FileNotFoundError(f"{folder}: no meta_test/{META_TEST_RESULT} (run incomplete)")
@@ -134,13 +136,14 @@ def read_study_run(folder: Path, variant: str, seed: int) -> StudyRun:
                 by_step[int(row["step"])] = float(row["lambda"])  # a resumed run logs again
     if not by_step:
         raise ValueError(f"{folder / 'metrics.csv'} has no `lambda` values")
+    lambda_init = float(config["model"]["lambda_init"])
     steps = sorted(by_step)
     return StudyRun(
         variant=variant,
         seed=seed,
-        steps=steps,
-        lambdas=[by_step[s] for s in steps],
-        lambda_init=float(config["model"]["lambda_init"]),
+        steps=[0, *steps],
+        lambdas=[lambda_init, *(by_step[s] for s in steps)],
+        lambda_init=lambda_init,
         meta_test=json.loads(result.read_text()),
     )
 
@@ -220,41 +223,36 @@ def lambda_table(runs: Sequence[StudyRun]) -> str:
 
 def meta_test_table(runs: Sequence[StudyRun]) -> str:
     """Per variant, phase, task set and task: the main metric from the meta-learned start and
-    from scratch (mean ± std over seeds), and in how many seeds the meta-learned start won."""
+    from scratch (mean ± std over seeds), in how many seeds the meta-learned start won, and the
+    mean % of zero groups after fine-tuning."""
     header = ["variant", "phase", "tasks", "metric", "meta init", "scratch", "meta better in"]
+    header.append("% groups zero (meta / scratch)")
     body = []
     for variant, of_variant in _by_variant(runs).items():
-        first = of_variant[0].meta_test
-        for phase, tasks in dict.fromkeys((r["phase"], r["tasks"]) for r in first["rows"]):
+        rows = of_variant[0].meta_test["rows"]
+        for phase, tasks in dict.fromkeys((r["phase"], r["tasks"]) for r in rows):
             for task in tasks.split("+"):
-                metric = first["main_metrics"][task]
-                key = f"test/{task}/{metric}"
-                higher = first["higher_is_better"][task][metric]
-                values = {
-                    init: _values(of_variant, phase, tasks, init, key)
-                    for init in ("meta", "scratch")
-                }
-                wins = (
-                    [
-                        (m > s) == higher
-                        for m, s in zip(values["meta"], values["scratch"], strict=True)
-                        if m != s
-                    ]
-                    if values["scratch"]
-                    else []
-                )
-                body.append(
-                    [
-                        variant,
-                        phase,
-                        tasks,
-                        f"{key} ({'↑' if higher else '↓'})",
-                        _mean_std(values["meta"]),
-                        _mean_std(values["scratch"]),
-                        f"{sum(wins)}/{len(values['meta'])}" if values["scratch"] else "",
-                    ]
-                )
+                body.append([variant, phase, tasks, *_task_cells(of_variant, phase, tasks, task)])
     return markdown_table(header, body)
+
+
+def _task_cells(runs: Sequence[StudyRun], phase: str, tasks: str, task: str) -> list[str]:
+    """The metric, meta, scratch, wins and zero-group cells of one task of a meta-test set."""
+    first = runs[0].meta_test
+    metric = first["main_metrics"][task]
+    higher = first["higher_is_better"][task][metric]
+    key = f"test/{task}/{metric}"
+    meta, scratch = (_values(runs, phase, tasks, init, key) for init in ("meta", "scratch"))
+    pairs = zip(meta, scratch, strict=True) if scratch else ()
+    wins = sum((m > s) == higher for m, s in pairs if m != s)
+    zero = [_values(runs, phase, tasks, init, "group_pct") for init in ("meta", "scratch")]
+    return [
+        f"{key} ({'↑' if higher else '↓'})",
+        _mean_std(meta),
+        _mean_std(scratch),
+        f"{wins}/{len(meta)}" if scratch else "",
+        " / ".join(f"{statistics.mean(z):.1f}" for z in zero if z),
+    ]
 
 
 def _by_variant(runs: Sequence[StudyRun]) -> dict[str, list[StudyRun]]:
