@@ -4,6 +4,7 @@ from lightning_mtl.meta.module import MetaSparsityModule
 from lightning_mtl.models import DilatedResNet, MultiTaskModel
 from lightning_mtl.models.backbone import list_backbones
 from lightning_mtl.models.builder import build_multitask_model
+from lightning_mtl.models.compacted import load_compacted, save_compacted
 from lightning_mtl.models.heads import list_heads
 from lightning_mtl.modules import MultiTaskLightningModule
 from lightning_mtl.registry import Registry
@@ -38,9 +39,11 @@ __all__ = [
     "list_prox_operators",
     "list_tasks",
     "list_weightings",
+    "load_compacted",
     "register_prox_operator",
     "register_task",
     "register_weighting",
+    "save_compacted",
     "sparsity_stats",
 ]
 __version__ = "0.1.0"

@@ -13,6 +13,8 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lightning_mtl.models.compacted import COMPACTED_FORMAT
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read: truncated, corrupt, or not a checkpoint."""
@@ -57,18 +59,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if isinstance(error, pickle.UnpicklingError) and "weights_only" in str(error):
                 if "lightning_mtl.models" in str(error):
                     raise CheckpointError(
-                        f"{path} holds a pickled model, not a Lightning checkpoint: a compacted "
-                        "model (lightning-mtl compact) loads with "
-                        "lightning_mtl.sparsity.load_compacted"
+                        f"{path} holds a pickled model, not a Lightning checkpoint (an earlier "
+                        "lightning-mtl compact wrote those; compact the checkpoint again and load "
+                        "the result with lightning_mtl.models.compacted.load_compacted)"
                     ) from error
                 raise  # readable, but holds objects weights-only loading refuses: torch says why
             raise CheckpointError(
                 f"checkpoint {path} cannot be read: it is truncated or corrupt ({error}). Use an "
                 "earlier checkpoint of the run, e.g. another file in its checkpoints/ folder."
             ) from error
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        compacted = isinstance(checkpoint, dict) and checkpoint.get("format") == COMPACTED_FORMAT
+        if compacted or not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            what = "a compacted model" if compacted else "no state_dict"
             raise CheckpointError(
-                f"{path} is not a Lightning checkpoint (no state_dict); a compacted model "
-                "(lightning-mtl compact) loads with lightning_mtl.sparsity.load_compacted"
+                f"{path} is not a Lightning checkpoint ({what}); a compacted model "
+                "(lightning-mtl compact) loads with lightning_mtl.models.compacted.load_compacted"
             )
         return checkpoint

@@ -59,12 +59,20 @@ def test_compaction_bench_measures_a_trained_checkpoint(tmp_path, sparse_checkpo
     module, ckpt = sparse_checkpoint
     args = ["--parts", "compaction", "--backbone", "resnet18", "--image_size", "32"]
     args += ["--checkpoint", str(ckpt), "--plot", str(tmp_path / "p.png"), "--rounds", "1"]
-    rows = main([*args, "--min_run_time", "0.05"])["compaction"]
-    trained = [r for r in rows if r.get("profile") == "trained"]
+    result = main([*args, "--min_run_time", "0.05"])
+    trained = [r for r in result["compaction"] if r.get("profile") == "trained"]
     assert [r["batch_size"] for r in trained] == [1, 8]
     expected = sparsity_stats(module.model.backbone).group_pct / 100
     assert trained[0]["sparsity"] == pytest.approx(expected)
-    assert trained[0]["params_compacted"] < trained[0]["params_dense"]
+    assert (
+        trained[0]["params_compacted"] <= trained[0]["params_rounded"] < trained[0]["params_dense"]
+    )
+    assert trained[0]["macs_ratio_rounded"] <= trained[0]["macs_ratio"]
+    for profile in ("random", "trained"):
+        keys = [f"latency_vs_macs_{profile}", f"latency_vs_macs_{profile}_round8"]
+        for key in [*keys, f"macs_cost_round8_{profile}"]:
+            figure = result[f"compaction_{key}"]
+            assert set(figure) == {"batch_1", "batch_8"} and min(figure.values()) > 0, key
 
 
 TINY_META = [

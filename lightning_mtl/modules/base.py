@@ -1,9 +1,10 @@
 """MultiTaskModuleBase: what every multi-task LightningModule here shares.
 
-The tasks, the network (from `build_multitask_model`), the grouped convs and their sparsity
-settings, the optimizer param groups, evaluation (val/test/predict steps and metrics, NaN for a
-task with a non-finite prediction), the non-finite-gradient stop, the model summary's example
-input, the checkpoint architecture check and exact-resume RNG bookkeeping.
+The tasks, the network (built from its plain-data `model_spec`, the arguments of
+`build_multitask_model`), the grouped convs and their sparsity settings, the optimizer param
+groups, evaluation (val/test/predict steps and metrics, NaN for a task with a non-finite
+prediction), the non-finite-gradient stop, the model summary's example input, the checkpoint
+architecture check and exact-resume RNG bookkeeping.
 Subclasses add how they train: `MultiTaskLightningModule` (weighted losses, automatic
 optimisation, warm-up) and `MetaSparsityModule` (meta-learned λ, manual optimisation).
 """
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 from lightning_mtl.callbacks import RNGStateCheckpoint
 from lightning_mtl.metrics import BatchWeightedMean, nan_if_non_finite
-from lightning_mtl.models.builder import build_multitask_model
+from lightning_mtl.models.builder import build_from_spec, model_spec
 from lightning_mtl.modules.finite import NonFiniteWarning, check_finite_grads
 from lightning_mtl.sparsity import GroupSparsity, ProxAdamW, conv_weights
 from lightning_mtl.sparsity.groups import NamedWeights
@@ -76,7 +77,8 @@ class MultiTaskModuleBase(L.LightningModule):
             )
         self.sparsity = sparsity
         self.tasks: dict[str, Task] = _resolve_tasks(tasks, targets or {})
-        self.model = build_multitask_model(
+        # the network's arguments as plain data: what a compacted model file stores
+        self.model_spec = model_spec(
             self.tasks,
             backbone=backbone,
             backbone_options=backbone_options,
@@ -84,6 +86,7 @@ class MultiTaskModuleBase(L.LightningModule):
             taps=taps,
             tap_output=tap_output,
         )
+        self.model = build_from_spec(self.model_spec)
         self.sparse_names = [name for name, _ in conv_weights(self.model, sparsity.layers)]
         sparsity.check_layers(self.sparse_names)
         self.per_layer_groups = (

@@ -6,9 +6,7 @@ from lightning_mtl.sparsity.compact import (
     compact,
     export_onnx,
     export_torchscript,
-    load_compacted,
     macs_and_params,
-    save_compacted,
 )
 from lightning_mtl.sparsity.config import PROX_METRICS, GroupSparsity
 from lightning_mtl.sparsity.groups import conv_weights, group_size, live_groups
@@ -18,11 +16,14 @@ from lightning_mtl.sparsity.operators import (
     register_prox_operator,
 )
 from lightning_mtl.sparsity.optimizer import ProxAdamW
+from lightning_mtl.sparsity.plan import CompactionPlan, CompactionPlanError
 from lightning_mtl.sparsity.stats import SparsityStats, sparsity_stats
 
 __all__ = [
     "PROX_METRICS",
     "PROX_OPERATORS",
+    "CompactionPlan",
+    "CompactionPlanError",
     "CompactionReport",
     "GroupSparsity",
     "ProxAdamW",
@@ -34,9 +35,7 @@ __all__ = [
     "group_size",
     "list_prox_operators",
     "live_groups",
-    "load_compacted",
     "macs_and_params",
     "register_prox_operator",
-    "save_compacted",
     "sparsity_stats",
 ]

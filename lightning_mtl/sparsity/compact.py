@@ -17,6 +17,11 @@ position in every conv group (its input groups, see `sparsity.groups`), and outp
 as many from each conv group. A channel-wise (depthwise) conv passes its channels through, one
 slot each: the slot goes with its channel. A norm over several channels at once (LayerNorm, as in
 ConvNeXt, or GroupNorm) would change if one of them went, so channels it normalises are kept.
+
+`round_to` keeps every compacted channel count a multiple of it (8 by default: SIMD lanes and
+GPU tensor-core tiles run odd widths below peak): the fewest dead channels are kept, still read
+as zero, so outputs stay exact. What `compact` kept is its `CompactionPlan` (`sparsity.plan`),
+which rebuilds the compacted architecture from the dense one.
 """
 
 from __future__ import annotations
@@ -32,14 +37,9 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-__all__ = [
-    "CompactionReport",
-    "compact",
-    "export_onnx",
-    "export_torchscript",
-    "load_compacted",
-    "save_compacted",
-]
+from lightning_mtl.sparsity.plan import CompactionPlan, axis_size
+
+__all__ = ["CompactionReport", "compact", "export_onnx", "export_torchscript", "macs_and_params"]
 
 #: Modules with parameters that `compact` handles exactly (the norms in `COUPLING_NORMS` by never
 #: removing their channels); a module holding other parameters than per-channel scales of shape
@@ -55,18 +55,31 @@ SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
 COUPLING_NORMS: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm)
 _CONSUMERS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
 _PRODUCERS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
+#: the plan axis (`sparsity.plan`) each torch-pruning layer handler removes channels of
+_AXES = {
+    tp.prune_conv_out_channels: "out",
+    tp.prune_linear_out_channels: "out",
+    tp.prune_batchnorm_out_channels: "out",
+    tp.prune_batchnorm_in_channels: "out",
+    tp.prune_depthwise_conv_out_channels: "out",  # a depthwise conv's inputs go with its slots
+    tp.prune_depthwise_conv_in_channels: "out",
+    tp.prune_conv_in_channels: "in",
+    tp.prune_linear_in_channels: "in",
+}
 
 
 @dataclass(frozen=True)
 class CompactionReport:
-    """What `compact` removed: parameters and MACs before/after (for `example_inputs`) and the
-    input channels removed per layer name (readers of a removed channel, in module order)."""
+    """What `compact` removed: parameters and MACs before/after (for `example_inputs`), the
+    input channels removed per layer name (readers of a removed channel, in module order) and
+    the plan of what every compacted layer kept."""
 
     params_before: int
     params_after: int
     macs_before: int
     macs_after: int
     removed_channels: dict[str, int] = field(default_factory=dict)
+    plan: CompactionPlan = field(default_factory=lambda: CompactionPlan({}))
 
     @property
     def summary(self) -> str:
@@ -82,15 +95,21 @@ class CompactionReport:
         )
 
 
-def compact(model: nn.Module, example_inputs: Tensor | None = None) -> CompactionReport:
+def compact(
+    model: nn.Module, example_inputs: Tensor | None = None, *, round_to: int | None = 8
+) -> CompactionReport:
     """Remove every dead channel of `model` in place (see the module docstring) and report it.
 
     `example_inputs` (default: one 3×64×64 image) is only used to trace the graph and count
-    MACs. Works on any model built from `SUPPORTED_LAYERS`, per-channel scales and
-    parameter-free ops (`MultiTaskModel`, a bare `DilatedResNet` or `TorchvisionBackbone`);
-    raises `ValueError` naming any other parametrised module. Outputs are unchanged up to float
-    rounding in eval mode.
+    MACs. `round_to` (None or 1: no rounding) keeps the channel count of every compacted layer a
+    multiple of it, by keeping the fewest dead channels (whole sets where grouped convs need
+    them); a layer is never wider than it was. Works on any model built from
+    `SUPPORTED_LAYERS`, per-channel scales and parameter-free ops (`MultiTaskModel`, a bare
+    `DilatedResNet` or `TorchvisionBackbone`); raises `ValueError` naming any other parametrised
+    module. Outputs are unchanged up to float rounding in eval mode.
     """
+    if round_to is not None and round_to < 1:
+        raise ValueError(f"round_to must be None or a positive channel count, got {round_to}")
     _check_supported(model)
     if example_inputs is None:
         param = next(model.parameters())
@@ -98,13 +117,16 @@ def compact(model: nn.Module, example_inputs: Tensor | None = None) -> Compactio
     macs_before, params_before = macs_and_params(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
     removed: dict[str, int] = defaultdict(int)
+    kept: dict[str, dict[str, list[int]]] = defaultdict(dict)
     with _restore_mode(model), torch.enable_grad():
         graph, outputs = _trace(model, example_inputs)
-        for root, dead in list(_dead_channels(graph, outputs)):  # plan all before any surgery
+        doomed = list(_dead_channels(graph, outputs, round_to or 1))  # all before any surgery
+        for root, dead in doomed:
             group = graph.get_pruning_group(root, _producer_fn(root), dead)
             for dep, idxs in group:
                 if dep.handler in _CONSUMERS:
                     removed[names[dep.target.module]] += len(idxs)
+            _record(group, names, model, kept)
             try:
                 group.prune()
             except Exception as e:  # name the layer torch-pruning failed on
@@ -117,7 +139,34 @@ def compact(model: nn.Module, example_inputs: Tensor | None = None) -> Compactio
         macs_before=macs_before,
         macs_after=macs_after,
         removed_channels=dict(sorted(removed.items(), key=lambda kv: order[kv[0]])),
+        plan=CompactionPlan(dict(sorted(kept.items(), key=lambda kv: order.get(kv[0], -1)))),
     )
+
+
+def _record(
+    group: tp.Group,
+    names: dict[nn.Module, str],
+    model: nn.Module,
+    kept: dict[str, dict[str, list[int]]],
+) -> None:
+    """Update `kept` (layer → axis → original indices still there) with what `group` removes."""
+    going: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for item in group.items:
+        target = item.dep.target.module
+        if isinstance(target, nn.Parameter):  # a per-channel scale [C, 1, 1]
+            name = next(n for n, p in model.named_parameters() if p is target)
+            axis = "out"
+        elif target in names:
+            name, axis = names[target], _AXES.get(item.dep.handler)
+            if axis is None:
+                raise RuntimeError(f"compact() has no plan axis for removing channels of {name}")
+        else:
+            continue  # a parameter-free op (add, concat, the outputs)
+        going[name, axis].update(item.idxs)
+        if axis not in kept[name]:
+            kept[name][axis] = list(range(axis_size(target, axis, name)))
+    for (name, axis), idxs in going.items():
+        kept[name][axis] = [c for i, c in enumerate(kept[name][axis]) if i not in idxs]
 
 
 def _check_supported(model: nn.Module) -> None:
@@ -156,14 +205,14 @@ def _trace(model: nn.Module, example_inputs: Tensor) -> tuple[tp.DependencyGraph
 
 
 def _dead_channels(
-    graph: tp.DependencyGraph, outputs: set
+    graph: tp.DependencyGraph, outputs: set, round_to: int = 1
 ) -> Iterator[tuple[nn.Module, list[int]]]:
     """(root conv/linear, its output channels to remove) for every coupled channel group.
 
     A channel is dead when at least one conv/linear reads it, every reader's weights reading it
     are exactly zero and it is not a model output. One channel per group always survives; a
     group normalised by a `COUPLING_NORMS` layer keeps all; grouped convs keep what they must
-    (`_removable`).
+    (`_removable`); then dead channels are kept until the count is a multiple of `round_to`.
     """
     for group in graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear)):
         if any(isinstance(item.dep.target.module, COUPLING_NORMS) for item in group.items):
@@ -181,7 +230,7 @@ def _dead_channels(
         dead = (read > 0) & (live == 0)
         if dead.all():
             dead[0] = False
-        dead = _removable(group, dead).nonzero().flatten().tolist()
+        dead = _rounded(group, _removable(group, dead), round_to).nonzero().flatten().tolist()
         if dead:
             yield group[0].dep.target.module, dead
 
@@ -237,6 +286,18 @@ def _removable(group: tp.Group, dead: Tensor) -> Tensor:
     return dead
 
 
+def _rounded(group: tp.Group, dead: Tensor, round_to: int) -> Tensor:
+    """`dead` less the fewest channels that leave a multiple of `round_to` kept (or all).
+
+    Revives the highest dead channel one at a time and reapplies `_removable`, which may revive
+    a whole set (one per conv group) where a grouped conv needs equal group widths.
+    """
+    while int((~dead).sum()) % round_to and dead.any():
+        dead[int(dead.nonzero().max())] = False  # `_removable` returned a copy
+        dead = _removable(group, dead)
+    return dead
+
+
 def _producer_fn(module: nn.Module) -> object:
     """torch-pruning's output-channel pruning function for a conv or linear layer."""
     return _PRODUCERS[0] if isinstance(module, nn.Conv2d) else _PRODUCERS[1]
@@ -258,21 +319,6 @@ def _restore_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.train(training)
-
-
-def save_compacted(model: nn.Module, path: str | Path) -> None:
-    """Save the whole compacted module (architecture included) with `torch.save`.
-
-    A state dict would not fit the dense architecture; this pickle does, so loading needs no
-    surgery: `load_compacted(path)` (= `torch.load(path, weights_only=False)`, which needs this
-    library importable and runs pickle code: load trusted files only).
-    """
-    torch.save(model, path)
-
-
-def load_compacted(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """A module saved by `save_compacted`."""
-    return torch.load(path, map_location=map_location, weights_only=False)
 
 
 def export_torchscript(model: nn.Module, path: str | Path, example_inputs: Tensor) -> None:
