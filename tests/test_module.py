@@ -158,7 +158,7 @@ def test_a_new_task_by_subclassing_trains(tmp_path):
         ({"sparse_layers": r"layer9\."}, r"matches no conv layer; the layers are \['conv1'"),
         ({"param_groups": {"decoder": {"lr": 1.0}}}, r"unknown groups \['decoder'\]"),
         ({"weighting": "gradnorm"}, r"unknown loss weighting 'gradnorm'"),
-        ({"backbone": "resnet152"}, r"resnet152"),
+        ({"backbone": "resnet200"}, r"unknown backbone .resnet200.*resnet152"),
     ],
 )
 def test_bad_configuration_fails_at_start_up(overrides, message):
