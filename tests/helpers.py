@@ -9,6 +9,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -337,8 +338,20 @@ _BLOCK = 32768
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
 
-def records(path: Path) -> list[Record]:
-    """The records of an offline W&B run file."""
+def records(path: Path, timeout: float = 120.0) -> list[Record]:
+    """The records of a finished offline W&B run file. `run.finish()` can return before W&B's
+    service has flushed the file (seen on a loaded machine), so this reads until the file ends
+    with the run's exit record, for at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = _read_records(path)
+        if (out and out[-1].WhichOneof("record_type") == "exit") or time.monotonic() > deadline:
+            return out
+        time.sleep(0.5)
+
+
+def _read_records(path: Path) -> list[Record]:
+    """The records an offline W&B run file holds now."""
     from wandb.proto import wandb_internal_pb2
 
     data = path.read_bytes()

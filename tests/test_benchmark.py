@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import torch
 import yaml
 
 from lightning_mtl.benchmarks.main import PARTS, expected_meta_ratio, main, parse_meta_config
-from lightning_mtl.benchmarks.timing import interleaved_ms, latency_ms
+from lightning_mtl.benchmarks.prox import CASES
+from lightning_mtl.benchmarks.timing import interleaved_ms, latency_ms, median_ms
+from tests.helpers import torch_threads
 
 
 @pytest.mark.slow
@@ -19,15 +22,38 @@ def test_bench_reports_the_prox_cost_the_data_pipeline_and_compaction(capsys, tm
     plot = tmp_path / "latency.png"
     parts = ["--parts", "prox,data,compaction"]  # meta: its own test
     timing = ["--rounds", "1", "--min_run_time", "0.05"]
-    result = main([*parts, *tiny, *data, "--plot", str(plot), *timing])
+    result = main(
+        [*parts, *tiny, *data, "--plot", str(plot), *timing, "--json", str(tmp_path / "r.json")]
+    )
     opt, step = result["optimizer_step"], result["training_step"]
     assert opt["convs"] == 20
-    assert all(opt[k] > 0 for k in ("AdamW", "ProxAdamW adaptive", "ProxAdamW euclidean"))
-    assert step["share"] == pytest.approx(step["prox"] / step["training step"])
+    assert list(opt["ms"]) == [
+        "AdamW(fused=True)",
+        "AdamW()",
+        *(
+            f"ProxAdamW {case.replace('_', ' ')}, {kernel}"
+            for kernel in ("eager", "compiled")
+            for case in CASES
+        ),
+    ]
+    assert all(ms > 0 for ms in opt["ms"].values())
+    extra = step["ProxAdamW step"] - step["AdamW(fused=True)"]
+    assert step["share"] == pytest.approx(extra / step["training step"])
+    ratio = opt["ms"]["ProxAdamW euclidean, compiled"] / opt["ms"]["AdamW(fused=True)"]
+    assert result["prox_euclidean_vs_adamw_fused"] == pytest.approx(ratio)
+    assert result["prox_adaptive_vs_adamw_fused"] == max(
+        result[f"prox_adaptive_lambda_{lam}_vs_adamw_fused"] for lam in ("1e-4", "1e-2")
+    )
+    written = json.loads((tmp_path / "r.json").read_text())
+    figures = {k for k in written if k.startswith(("prox_", "adamw_", "compaction_"))}
+    assert {"prox_zero_lambda_vs_adamw_fused", "prox_share_of_training_step"} <= figures
+    assert written["prox_eager_euclidean_vs_adamw_fused"] == pytest.approx(
+        result["prox_eager_euclidean_vs_adamw_fused"]
+    )
     assert result["data"]["loader_images_s"] > 0
     assert result["data"]["train_images_s"] > 0
     out = capsys.readouterr().out
-    assert "ProxAdamW adaptive step" in out
+    assert "ProxAdamW adaptive lambda 1e-4, compiled step" in out
     assert "adaptive prox share of it" in out
     assert "NYU-v2 loader" in out
     assert [r["sparsity"] for r in result["compaction"] if r["batch_size"] == 1] == [
@@ -122,6 +148,62 @@ def test_meta_bench_times_outer_steps_against_the_mtl_step(capsys):
         assert expected == pytest.approx(r["expected_ratio"])
 
 
+def test_bench_writes_its_result_as_json(tmp_path):
+    """`--json FILE`: the whole result, every part's entries under their own keys."""
+    out = tmp_path / "bench.json"
+    result = main(["--parts", "meta", "--device", "cpu", *TINY_META, "--json", str(out)])
+    written = json.loads(out.read_text())
+    assert written.keys() == result.keys() == {"meta"}
+    assert written["meta"]["mtl_ms"] == pytest.approx(result["meta"]["mtl_ms"])
+
+
+@pytest.mark.slow
+def test_train_compaction_bench_times_runs_with_and_without_the_option(tmp_path, capsys):
+    """Two seeds of a tiny version of the config: each seed's pair of runs, the speed-up and
+    the metric table; the runs with the option end with fewer parameters."""
+    compaction = (
+        "[{class_path: lightning_mtl.callbacks.TrainTimeCompaction, init_args: {round_to: null}}]"
+    )
+    tiny = [
+        "--model.backbone_options", "{width: 8, layers: [1, 1, 1, 1]}",
+        "--model.head_channels", "8",
+        "--model.lambda_", "0.3",
+        "--model.optimizer.init_args.lr", "0.01",
+        "--data.init_args.root", str(tmp_path / "data"),
+        "--data.init_args.synthesize", "8",
+        "--data.init_args.image_size", "[32, 32]",
+        "--data.init_args.batch_size", "4",
+        "--data.init_args.num_workers", "0",
+        "--trainer.max_epochs", "3",
+        "--trainer.callbacks", compaction,
+    ]  # fmt: skip
+    args = ["--parts", "train_compaction", "--device", "cpu", "--train_compaction_seeds", "[0, 1]"]
+    result = main([*args, "--train_compaction_args", json.dumps(tiny)])
+    runs = result["train_compaction"]
+    assert [(r["seed"], r["compaction"]) for r in runs] == [
+        (0, False),
+        (0, True),
+        (1, True),
+        (1, False),
+    ]
+    for seed in (0, 1):
+        dense, compacted = (
+            next(r for r in runs if (r["seed"], r["compaction"]) == (seed, c))
+            for c in (False, True)
+        )
+        assert compacted["params_at_end"] < dense["params_at_end"]
+        assert len(dense["group_pct"]) == len(compacted["group_pct"]) == 3
+    total = result["train_compaction_seconds"]
+    assert result["train_compaction_speedup"] == pytest.approx(total["without"] / total["with"])
+    assert set(result["train_compaction_metrics"]) == {
+        "val/seg/iou",
+        "val/depth/abs_err",
+        "val/normal/cos_sim",
+        "val/loss",
+    }
+    assert "train-time compaction" in capsys.readouterr().out
+
+
 def test_meta_cost_model_and_configs():
     assert parse_meta_config("4x1") == (4, 1, False)
     assert parse_meta_config("2x3fo") == (2, 3, True)
@@ -145,6 +227,14 @@ def test_interleaved_rounds_measure_every_statement_once_per_round_in_turn():
     medians = interleaved_ms({"a": lambda: "a", "b": lambda: "b"}, 4, 0.5, measure)
     assert calls == ["a", "b"] * 4
     assert medians == {"a": 3.5, "b": 4.5}  # medians of (5, 3, 4, 1) and (1, 2, 9, 7)
+
+
+def test_timings_run_with_torchs_threads():
+    """`torch.utils.benchmark.Timer` alone would time with one thread, whatever the tables say."""
+    seen = set()
+    with torch_threads(2):
+        median_ms(lambda: seen.add(torch.get_num_threads()), 0.001)
+    assert seen == {2}
 
 
 def test_latency_times_each_model_in_inference_mode_in_alternation():

@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_mtl import ProxAdamW, register_task, sparsity_stats
 from lightning_mtl.callbacks import SparsityMonitor
+from lightning_mtl.sparsity import kernels
 from tests.helpers import ForegroundTask, csv_logger, tiny_datamodule, tiny_module, tiny_trainer
 
 
@@ -88,12 +89,21 @@ def test_resume_continues_exactly(tmp_path):
     assert sparsity_stats(straight.sparse_weights()).group_pct > 0
 
 
-def test_prox_runs_once_per_optimizer_step_under_accumulation(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kernel", ["eager", "compiled"])
+def test_prox_runs_once_per_optimizer_step_under_accumulation(tmp_path, monkeypatch, kernel):
+    """The eager `apply_prox`, or the compiled kernel's pass over the sparse convs' group."""
     calls = []
-    original = ProxAdamW.apply_prox
-    monkeypatch.setattr(ProxAdamW, "apply_prox", lambda self: calls.append(1) or original(self))
+    if kernel == "eager":
+        original = ProxAdamW.apply_prox
+        monkeypatch.setattr(ProxAdamW, "apply_prox", lambda self: calls.append(1) or original(self))
+    else:
+        fused = kernels.adamw_prox_
+        monkeypatch.setattr(
+            kernels, "adamw_prox_", lambda *a, **k: calls.append(1) or fused(*a, **k)
+        )
     data = tiny_datamodule()  # 16 train images, batch 4: 4 batches, 2 optimizer steps per epoch
-    model = tiny_module(data, lambda_=0.1)
+    optimizer = functools.partial(ProxAdamW, kernel=kernel)
+    model = tiny_module(data, lambda_=0.1, optimizer=optimizer)
     trainer = _trainer(tmp_path, max_epochs=2, accumulate_grad_batches=2)
     trainer.fit(model, data)
     assert trainer.global_step == 4

@@ -151,10 +151,12 @@ def _clone(params):
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
-def test_lambda_zero_is_adamw_bit_for_bit(weight_decay):
+@pytest.mark.parametrize(("kernel", "fused"), [("auto", True), ("eager", None)])
+def test_lambda_zero_is_adamw_bit_for_bit(weight_decay, kernel, fused):
+    """λ = 0 is torch's AdamW: its fused CPU kernel by default, its default one eagerly."""
     a, b = _params(), _params()
-    ref = torch.optim.AdamW(a, lr=1e-2, eps=1e-6, weight_decay=weight_decay)
-    opt = ProxAdamW(b, lr=1e-2, eps=1e-6, weight_decay=weight_decay, lambda_=0.0)
+    ref = torch.optim.AdamW(a, lr=1e-2, eps=1e-6, weight_decay=weight_decay, fused=fused)
+    opt = ProxAdamW(b, lr=1e-2, eps=1e-6, weight_decay=weight_decay, lambda_=0.0, kernel=kernel)
     for _ in range(3):
         ref.step()
         opt.step()
@@ -173,13 +175,21 @@ def test_lambda_zero_is_adamw_bit_for_bit(weight_decay):
 )
 @pytest.mark.parametrize("block_elements", [1 << 17, 40])
 def test_step_is_adamw_step_then_prox(prox_name, penalty, block_elements, monkeypatch):
-    """Whole layers, and layers cut into blocks of groups (40 elements: several per layer)."""
+    """The eager path: whole layers, and layers cut into blocks of groups (40 elements: several
+    per layer). (The compiled kernel is checked against it in test_prox_kernel.py.)"""
     monkeypatch.setattr("lightning_mtl.sparsity.optimizer.PROX_BLOCK_ELEMENTS", block_elements)
     lr, lam, wd = 1e-2, 0.5, 0.01
     a, b = _params(1), _params(1)
     ref = torch.optim.AdamW(a, lr=lr, eps=1e-6, weight_decay=wd)
     opt = ProxAdamW(
-        b, lr=lr, eps=1e-6, weight_decay=wd, lambda_=lam, prox_metric=prox_name, penalty=penalty
+        b,
+        lr=lr,
+        eps=1e-6,
+        weight_decay=wd,
+        lambda_=lam,
+        prox_metric=prox_name,
+        penalty=penalty,
+        kernel="eager",
     )
     for step in range(1, 4):
         ref.step()

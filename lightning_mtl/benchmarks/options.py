@@ -15,7 +15,8 @@ class BenchOptions:
     """`lightning-mtl bench` options (`--config FILE`, `--print_config`).
 
     Args:
-        parts: comma-separated parts to run (prox, data, compaction, meta, backbones).
+        parts: comma-separated parts to run (prox, data, compaction, meta, backbones,
+            train_compaction).
         backbone: the dilated ResNet of the prox, data and compaction parts, and the reference
             of the backbones part.
         image_size: side of the square inputs.
@@ -43,6 +44,13 @@ class BenchOptions:
         meta_warmup: untimed steps per config.
         meta_rounds: timed steps per config.
         backbones: the backbones part's backbones (registered names), compared with `backbone`.
+        train_compaction_config: the train_compaction part's config, fitted with and without
+            `TrainTimeCompaction` (the config's trainer callbacks).
+        train_compaction_seeds: its seeds (one run with and one without each).
+        train_compaction_args: extra `lightning-mtl fit` arguments of its runs.
+        json: also write the result to this JSON file: every part's figures, one top-level
+            key each (`prox_adaptive_vs_adamw_fused`, `compaction_latency_vs_macs_trained`,
+            …), next to its raw measurements (`optimizer_step`, `compaction`, …).
     """
 
     parts: str = "prox,data,compaction,meta"
@@ -78,3 +86,7 @@ class BenchOptions:
             "wide_resnet50_2",
         ]
     )
+    train_compaction_config: str = "experiments/train-compaction.yaml"
+    train_compaction_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    train_compaction_args: list[str] = field(default_factory=list)
+    json: str | None = None

@@ -25,8 +25,9 @@ def sync(device: torch.device) -> None:
 
 
 def median_ms(fn: Callable[[], object], min_run_time: float) -> float:
-    """Median ms of `fn()` over `Timer.blocked_autorange` blocks of at least `min_run_time` s."""
-    timer = Timer("fn()", globals={"fn": fn})
+    """Median ms of `fn()` over `Timer.blocked_autorange` blocks of at least `min_run_time` s,
+    with torch's current intra-op threads (`Timer` would otherwise time with one)."""
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 

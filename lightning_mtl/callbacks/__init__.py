@@ -6,6 +6,7 @@ from lightning_mtl.callbacks.prox_warmup import ProxWarmup
 from lightning_mtl.callbacks.rng_state import RNGStateCheckpoint
 from lightning_mtl.callbacks.run_summary import RunSummary
 from lightning_mtl.callbacks.sparsity_monitor import SparsityMonitor
+from lightning_mtl.callbacks.train_compaction import TrainTimeCompaction
 
 __all__ = [
     "PredictionSamples",
@@ -14,4 +15,5 @@ __all__ = [
     "ResetOptimizerState",
     "RunSummary",
     "SparsityMonitor",
+    "TrainTimeCompaction",
 ]

@@ -325,7 +325,9 @@ def _latency(root: Path, label: str, options: LOMTOptions) -> dict[str, float]:
 
 def module_sparsity(module: MultiTaskLightningModule) -> dict[str, float]:
     """Live-group fraction per grouped conv, forward order (the stage-1 profile of one seed)."""
-    return sparsity_stats(module.sparse_weights(), module.sparsity.group_by).layers
+    return sparsity_stats(
+        module.sparse_weights(original_shapes=True), module.sparsity.group_by
+    ).layers
 
 
 def _architecture_of(module: MultiTaskLightningModule) -> dict[str, Any]:

@@ -125,7 +125,9 @@ def meta_test(
                 )
                 trainer.fit(module, datamodule)
                 metrics = trainer.test(module, datamodule, verbose=False)[0]
-                stats = sparsity_stats(module.sparse_weights(), module.hparams.group_by)
+                stats = sparsity_stats(
+                    module.sparse_weights(original_shapes=True), module.hparams.group_by
+                )
                 main_metrics.update({k: t.main_metric for k, t in module.tasks.items()})
                 higher_is_better.update(
                     {k: dict(t.higher_is_better) for k, t in module.tasks.items()}

@@ -26,7 +26,9 @@ from lightning_mtl.metrics import BatchWeightedMean, nan_if_non_finite
 from lightning_mtl.models.builder import build_from_spec, model_spec
 from lightning_mtl.modules.finite import NonFiniteWarning, check_finite_grads
 from lightning_mtl.sparsity import GroupSparsity, ProxAdamW, conv_weights
-from lightning_mtl.sparsity.groups import NamedWeights
+from lightning_mtl.sparsity.compact import CompactionReport, compact
+from lightning_mtl.sparsity.groups import NamedWeights, group_size
+from lightning_mtl.sparsity.plan import CompactionPlan
 from lightning_mtl.targets import TargetSpec
 from lightning_mtl.tasks import Task, build_task
 
@@ -89,6 +91,10 @@ class MultiTaskModuleBase(L.LightningModule):
         self.model = build_from_spec(self.model_spec)
         self.sparse_names = [name for name, _ in conv_weights(self.model, sparsity.layers)]
         sparsity.check_layers(self.sparse_names)
+        # what train-time compaction removed (`compact_model`), in the original layers' indices,
+        # and the grouped convs' original shapes, which the statistics keep counting against
+        self.compaction_plan = CompactionPlan({})
+        self.dense_conv_shapes = {name: tuple(w.shape) for name, w in self.sparse_weights()}
         self.per_layer_groups = (
             sparsity.layer_lambdas is not None if per_layer_groups is None else per_layer_groups
         )
@@ -130,10 +136,40 @@ class MultiTaskModuleBase(L.LightningModule):
         if self.example_input_array is None and size is not None:
             self.example_input_array = torch.zeros(1, 3, *size)
 
-    def sparse_weights(self) -> NamedWeights:
-        """The grouped conv weights (name, tensor), forward order — what the prox acts on."""
+    def sparse_weights(self, original_shapes: bool = False) -> NamedWeights:
+        """The grouped conv weights (name, tensor), forward order — what the prox acts on.
+
+        `original_shapes`: in the shapes of the architecture before train-time compaction, the
+        removed channels as zeros (copies; the same tensors when nothing was removed) — what
+        the sparsity statistics count, so that they compare with runs without compaction.
+        """
         convs = dict(self.model.backbone.conv_layers())
-        return [(name, convs[name].weight) for name in self.sparse_names]
+        weights = [(name, convs[name].weight) for name in self.sparse_names]
+        if not original_shapes or not self.compaction_plan.layers:
+            return weights
+        plan_names = {id(m): n for n, m in self.model.named_modules()}
+        return [
+            (n, self.compaction_plan.expand(plan_names[id(convs[n])], w, self.dense_conv_shapes[n]))
+            for n, w in weights
+        ]
+
+    def compact_model(
+        self,
+        removable: Mapping[str, Tensor] | None = None,
+        round_to: int | None = 8,
+    ) -> CompactionReport:
+        """Remove the dead channels of the network in place (`sparsity.compact`, `removable` as
+        there) and add what went to `compaction_plan`, which checkpoints store so that a resumed
+        run rebuilds the compacted architecture. The report's plan counts in the layers as they
+        were just before (the step train-time compaction slices the optimizer state by)."""
+        param = next(self.model.parameters())
+        example = self.example_input_array
+        if example is None:
+            example = torch.zeros(1, 3, 64, 64)
+        example = example.to(device=param.device, dtype=param.dtype)
+        report = compact(self.model, example, round_to=round_to, removable=removable)
+        self.compaction_plan = self.compaction_plan.compose(report.plan)
+        return report
 
     def configured_lambdas(self) -> dict[str, float]:
         """λ per grouped conv once any warm-up is over."""
@@ -235,6 +271,7 @@ class MultiTaskModuleBase(L.LightningModule):
             "group_by": self.sparsity.group_by,
         }
         lambdas = self.configured_lambdas()
+        sizes = self._original_group_sizes()
         if self.per_layer_groups:
             sparse_groups = {
                 f"sparse_convs/{name}": {
@@ -242,6 +279,7 @@ class MultiTaskModuleBase(L.LightningModule):
                     "layers": [name],
                     "lambda_": lambdas[name],
                     **prox,
+                    **({"group_sizes": [sizes[name]]} if sizes else {}),
                 }
                 for name, w in sparse
             }
@@ -252,6 +290,7 @@ class MultiTaskModuleBase(L.LightningModule):
                     "layers": [n for n, _ in sparse],
                     "lambda_": self.sparsity.lambda_,
                     **prox,
+                    **({"group_sizes": [sizes[n] for n, _ in sparse]} if sizes else {}),
                 }
             }
         groups: dict[str, dict[str, Any]] = {
@@ -268,6 +307,17 @@ class MultiTaskModuleBase(L.LightningModule):
                 if group_name.split("/")[0] == name:
                     group.update(overrides)
         return [{"name": n, **g} for n, g in groups.items() if g["params"]]
+
+    def _original_group_sizes(self) -> dict[str, int] | None:
+        """Once compacted in training: each grouped conv's group size in the original
+        architecture (the p_g its penalty weight √p_g keeps); None before."""
+        if not self.compaction_plan.layers:
+            return None
+        group_by = self.sparsity.group_by
+        return {
+            name: group_size(torch.empty(shape, device="meta"), group_by)
+            for name, shape in self.dense_conv_shapes.items()
+        }
 
     def extra_param_groups(self) -> dict[str, dict[str, Any]]:
         """Param groups a subclass adds after `heads` (by name; λ = 0)."""
@@ -291,8 +341,21 @@ class MultiTaskModuleBase(L.LightningModule):
         """The exact-resume RNG bookkeeping; subclasses add theirs."""
         return [RNGStateCheckpoint()]
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["compaction_plan"] = self.compaction_plan.to_data()
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse another architecture; rebuild a compacted one from the checkpoint's plan (a
+        checkpoint of train-time compaction) before Lightning loads its weights."""
         _check_same_architecture(checkpoint.get("hyper_parameters", {}), self.hparams)
+        plan = CompactionPlan.from_data(checkpoint.get("compaction_plan", {}))
+        if plan != self.compaction_plan:
+            options = {
+                k: v for k, v in self.model_spec["backbone_options"].items() if k != "weights"
+            }
+            self.model = build_from_spec({**self.model_spec, "backbone_options": options})
+            plan.apply(self.model)
+            self.compaction_plan = plan
 
 
 def _check_same_architecture(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:

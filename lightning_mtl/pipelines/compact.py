@@ -49,7 +49,9 @@ def compact_checkpoint(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "model.pt"]
-    save_compacted(model, files[-1], spec=module.model_spec, plan=report.plan)
+    # a checkpoint of train-time compaction is compacted already: the file's plan is both
+    plan = module.compaction_plan.compose(report.plan)
+    save_compacted(model, files[-1], spec=module.model_spec, plan=plan)
     if torchscript:
         files.append(out / "model.ts")
         export_torchscript(model, files[-1], example)

@@ -101,7 +101,9 @@ def _load(row: Row):
 
 def _spy_plot(row: Row, run: RunLog, module, out: Path) -> Path:
     title = f"{row.dataset} {row.tasks} λ={format_lambda(row.lambda_)} seed {run.fields['seed']}"
-    fig = figures.spy_plot(module.sparse_weights(), module.sparsity.group_by, title=title)
+    fig = figures.spy_plot(
+        module.sparse_weights(original_shapes=True), module.sparsity.group_by, title=title
+    )
     return _save(fig, out / f"{run.folder.name}.png")
 
 

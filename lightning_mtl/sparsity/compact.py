@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,7 +96,11 @@ class CompactionReport:
 
 
 def compact(
-    model: nn.Module, example_inputs: Tensor | None = None, *, round_to: int | None = 8
+    model: nn.Module,
+    example_inputs: Tensor | None = None,
+    *,
+    round_to: int | None = 8,
+    removable: Mapping[str, Tensor] | None = None,
 ) -> CompactionReport:
     """Remove every dead channel of `model` in place (see the module docstring) and report it.
 
@@ -106,7 +110,10 @@ def compact(
     them); a layer is never wider than it was. Works on any model built from
     `SUPPORTED_LAYERS`, per-channel scales and parameter-free ops (`MultiTaskModel`, a bare
     `DilatedResNet` or `TorchvisionBackbone`); raises `ValueError` naming any other parametrised
-    module. Outputs are unchanged up to float rounding in eval mode.
+    module. Outputs are unchanged up to float rounding in eval mode. `removable` (conv or
+    linear name → bool per input channel) restricts what may go: an input channel marked False
+    counts as read whatever its weights (train-time compaction removes only groups that have
+    stayed zero long enough); layers it does not name are judged by their weights alone.
     """
     if round_to is not None and round_to < 1:
         raise ValueError(f"round_to must be None or a positive channel count, got {round_to}")
@@ -116,11 +123,22 @@ def compact(
         example_inputs = torch.rand(1, 3, 64, 64, device=param.device, dtype=param.dtype)
     macs_before, params_before = macs_and_params(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
+    protected = {
+        module: ~torch.as_tensor(removable[name]).cpu()
+        for module, name in names.items()
+        if removable is not None and name in removable
+    }
+
+    def reads(layer: nn.Module) -> Tensor:
+        read = _reads(layer)
+        return read | protected[layer] if layer in protected else read
+
     removed: dict[str, int] = defaultdict(int)
     kept: dict[str, dict[str, list[int]]] = defaultdict(dict)
     with _restore_mode(model), torch.enable_grad():
         graph, outputs = _trace(model, example_inputs)
-        doomed = list(_dead_channels(graph, outputs, round_to or 1))  # all before any surgery
+        # every dead set is found before any surgery
+        doomed = list(_dead_channels(graph, outputs, round_to or 1, reads))
         for root, dead in doomed:
             group = graph.get_pruning_group(root, _producer_fn(root), dead)
             for dep, idxs in group:
@@ -205,7 +223,10 @@ def _trace(model: nn.Module, example_inputs: Tensor) -> tuple[tp.DependencyGraph
 
 
 def _dead_channels(
-    graph: tp.DependencyGraph, outputs: set, round_to: int = 1
+    graph: tp.DependencyGraph,
+    outputs: set,
+    round_to: int,
+    reads: Callable[[nn.Module], Tensor],
 ) -> Iterator[tuple[nn.Module, list[int]]]:
     """(root conv/linear, its output channels to remove) for every coupled channel group.
 
@@ -224,7 +245,7 @@ def _dead_channels(
             dep, roots = item.dep, torch.as_tensor(item.root_idxs)
             if dep.handler in _CONSUMERS:  # a reader, even one whose own output is an output
                 read.index_add_(0, roots, torch.ones_like(roots))
-                live.index_add_(0, roots, _reads(dep.target.module)[item.idxs].long())
+                live.index_add_(0, roots, reads(dep.target.module)[item.idxs].long())
             elif dep.target.grad_fn in outputs:
                 live.index_add_(0, roots, torch.ones_like(roots))
         dead = (read > 0) & (live == 0)

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
+from torch.optim.adamw import adamw
 
+from lightning_mtl.sparsity import kernels
 from lightning_mtl.sparsity.config import PROX_METRICS
 from lightning_mtl.sparsity.groups import check_group_by
 from lightning_mtl.sparsity.operators import PROX_OPERATORS
+from lightning_mtl.sparsity.operators.group_lasso import MAX_NEWTON_STEPS
 
 #: The prox works on blocks of whole groups of about this many elements: the adaptive solver
 #: makes several passes over its scratch tensors, which then stay in the CPU cache.
 PROX_BLOCK_ELEMENTS = 1 << 19
 _GROUP_DIM = {"in_channel": 1, "out_channel": 0}
+
+Kernel = Literal["auto", "compiled", "eager"]
+KERNELS: tuple[str, ...] = ("auto", "compiled", "eager")
 
 
 class ProxAdamW(torch.optim.AdamW):
@@ -42,7 +49,20 @@ class ProxAdamW(torch.optim.AdamW):
     λ is owned here: `lambdas()` reads it and `set_lambda` changes it (the warm-up, the
     meta-sparsity outer step). A param group may name its weights with `layers` (conv names, one
     per param) so λ can be read and set per conv; groups without `layers` are the sparse groups
-    only when no group names its layers (a plain `ProxAdamW(model.parameters(), …)`).
+    only when no group names its layers (a plain `ProxAdamW(model.parameters(), …)`). A group
+    may also give `group_sizes` (one per param): the p_g of the group lasso's weight √p_g, in
+    place of the weight's own group size — a conv that train-time compaction narrowed keeps its
+    original groups' weight, so λ means what it meant (`TrainTimeCompaction`).
+
+    `kernel` picks how a step runs. `"eager"`: torch's AdamW step, then the prox in PyTorch ops
+    (the reference). `"compiled"`: every proxed weight (a contiguous float32/float64 CPU conv
+    weight of a group with λ > 0) takes one fused C++ pass, AdamW update and prox together
+    (`sparsity.kernels`, built on first use), and every other parameter takes torch's
+    `AdamW(fused=True)` update (unless `foreach`/`fused` say otherwise); it raises
+    `KernelUnavailable` where that is impossible. `"auto"` (default): as `"compiled"`, except
+    that whatever the kernel cannot take runs eagerly, with one `KernelFallbackWarning` per
+    reason and process. Both paths give the same results up to float rounding, and keep torch
+    AdamW's state (`step`, `exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`).
     """
 
     def __init__(
@@ -59,7 +79,11 @@ class ProxAdamW(torch.optim.AdamW):
         amsgrad: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        kernel: Kernel = "auto",
     ) -> None:
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {kernel!r}; allowed: {list(KERNELS)}")
+        self.kernel = kernel
         self._prox_defaults = {
             "lambda_": lambda_,
             "prox_metric": prox_metric,
@@ -78,6 +102,15 @@ class ProxAdamW(torch.optim.AdamW):
         )
         for key, value in self._prox_defaults.items():
             self.defaults[key] = value
+        if kernel == "compiled":
+            kernels.load()  # fail here rather than at the first step
+
+    def __getstate__(self) -> dict[str, Any]:  # torch pickles only defaults, state and groups
+        return {**super().__getstate__(), "kernel": self.kernel}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # also what load_state_dict calls
+        super().__setstate__(state)
+        self.__dict__.setdefault("kernel", "auto")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         for key, value in self._prox_defaults.items():
@@ -92,6 +125,16 @@ class ProxAdamW(torch.optim.AdamW):
                     f"a param group's layers must name each of its {count} params, got {layers}"
                 )
             param_group["layers"] = list(layers)
+        sizes = param_group.setdefault("group_sizes", None)
+        if sizes is not None:
+            params = param_group["params"]
+            count = 1 if isinstance(params, Tensor) else len(list(params))
+            if len(sizes) != count or any(int(n) < 1 for n in sizes):
+                raise ValueError(
+                    f"a param group's group_sizes must give a positive size for each of its "
+                    f"{count} params, got {sizes}"
+                )
+            param_group["group_sizes"] = [int(n) for n in sizes]
         super().add_param_group(param_group)
 
     def lambdas(self) -> dict[str, float]:
@@ -132,29 +175,129 @@ class ProxAdamW(torch.optim.AdamW):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
-        loss = super().step(closure)
-        self.apply_prox()
+        reason = None if self.kernel == "eager" else self._step_unsupported()
+        if reason is not None:
+            self._fall_back(reason)
+        if self.kernel == "eager" or reason is not None:
+            loss = super().step(closure)
+            self.apply_prox()
+            return loss
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._fused_group_step(group)
         return loss
 
     @torch.no_grad()
     def apply_prox(self) -> None:
         """The prox of every group with `lambda_ > 0`, using the state of the Adam step just taken.
 
-        Called by `step()`; public so a caller that changed parameters outside `step()` (the
-        meta-sparsity outer update) can re-apply it.
+        Called by the eager `step()`; public so a caller that changed parameters outside
+        `step()` (the meta-sparsity outer update) can re-apply it.
         """
         for group in self.param_groups:
-            _check_prox_options(group)
-            if group["lambda_"] == 0:
-                continue
-            for p in group["params"]:
-                state = self.state.get(p)
-                if p.dim() == 4 and state:
-                    self._prox_parameter(p, group, state)
+            self._apply_prox_group(group)
+
+    def _apply_prox_group(self, group: dict[str, Any], done: Iterable[Tensor] = ()) -> None:
+        """The eager prox of the group's 4-D weights with Adam state, but those in `done`."""
+        _check_prox_options(group)
+        if group["lambda_"] == 0:
+            return
+        skip = {id(p) for p in done}
+        for p in group["params"]:
+            state = self.state.get(p)
+            if p.dim() == 4 and state and id(p) not in skip:
+                self._prox_parameter(p, group, state)
+
+    def _step_unsupported(self) -> str | None:
+        """Why no part of this step can take the compiled kernel, or None."""
+        if getattr(self, "grad_scale", None) is not None:
+            return "the step is given a grad scale (a GradScaler with fused=True)"
+        for flag in ("differentiable", "capturable"):
+            if any(group[flag] for group in self.param_groups):
+                return f"{flag}=True is a torch AdamW variant the compiled kernel does not have"
+        return None
+
+    def _fall_back(self, reason: str) -> None:
+        if self.kernel == "compiled":
+            raise kernels.KernelUnavailable(f"ProxAdamW(kernel='compiled'): {reason}")
+        kernels.warn_fallback(reason)
+
+    def _fused_group_step(self, group: dict[str, Any]) -> None:
+        """One group's step: the proxed weights the kernel takes in one fused pass, the other
+        parameters by torch's AdamW (fused where it can), then the eager prox of the rest."""
+        _check_prox_options(group)
+        # params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs (amsgrad), steps, as AdamW's
+        tensors: tuple[list[Tensor], ...] = ([], [], [], [], [], [])
+        has_complex = _init_group(self, group, tensors)
+        params = tensors[0]
+        taken = [i for i in range(len(params)) if self._kernel_takes(group, tensors, i)]
+        rest = sorted(set(range(len(params))) - set(taken))
+        if rest:
+            chosen = _pick(tensors, rest)
+            fused = group["fused"]
+            if fused is None and not group["foreach"]:  # AdamW(fused=True) where it can
+                fused = all(_fusable(chosen, i) for i in range(len(rest))) or None
+            adamw(
+                *chosen,
+                foreach=group["foreach"],
+                fused=fused,
+                has_complex=has_complex,
+                amsgrad=group["amsgrad"],
+                beta1=group["betas"][0],
+                beta2=group["betas"][1],
+                lr=group["lr"],
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=group["maximize"],
+            )
+        sizes = _group_sizes(group)
+        for dtype in dict.fromkeys(params[i].dtype for i in taken):  # one call per dtype
+            chosen = [i for i in taken if params[i].dtype == dtype]
+            kernels.adamw_prox_(
+                _pick(tensors, chosen),
+                lr=float(group["lr"]),
+                betas=group["betas"],
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=group["maximize"],
+                penalty=group["penalty"],
+                metric=group["prox_metric"],
+                group_by=group["group_by"],
+                lambda_=float(group["lambda_"]),
+                max_newton_steps=MAX_NEWTON_STEPS,
+                group_sizes=[sizes[id(params[i])] for i in chosen] if sizes else (),
+            )
+        self._apply_prox_group(group, done=[params[i] for i in taken])
+
+    def _kernel_takes(
+        self, group: dict[str, Any], tensors: tuple[list[Tensor], ...], i: int
+    ) -> bool:
+        """Whether the kernel updates the group's i-th param (with a gradient): a proxed 4-D
+        weight it supports; a proxed one it does not support falls back (`_fall_back`)."""
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, _ = tensors
+        if params[i].dim() != 4 or float(group["lambda_"]) == 0:
+            return False
+        penalty = group["penalty"]
+        reason = kernels.penalty_unsupported(penalty, PROX_OPERATORS.get(penalty))
+        state = [grads[i], exp_avgs[i], exp_avg_sqs[i], *max_exp_avg_sqs[i : i + 1]]
+        reason = reason or kernels.unsupported(params[i], *state)
+        if reason is None:
+            try:
+                kernels.load()
+            except kernels.KernelUnavailable as error:
+                reason = str(error)
+        if reason is not None:
+            self._fall_back(reason)
+        return reason is None
 
     def _prox_parameter(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         """Prox one weight, a block of groups at a time so the solver's scratch stays in cache."""
         step_size = group["lr"] * group["lambda_"]
+        size = _group_sizes(group).get(id(p))
+        options = {} if size is None else {"group_size": size}
         group_by = group["group_by"]
         operator = PROX_OPERATORS.get(group["penalty"])
         metric = group["prox_metric"]
@@ -170,9 +313,47 @@ class ProxAdamW(torch.optim.AdamW):
                 if metric == "adaptive":  # √v̂ + ε, exactly the Adam step's denominator
                     d.div_(bias_correction2_sqrt)
                 d.add_(group["eps"])
-            result = operator(z, d, step_size, group_by)
+            result = operator(z, d, step_size, group_by, **options)
             if result is not view:  # the adaptive prox of a whole layer already wrote into p
                 view.copy_(result)
+
+
+#: torch < 2.7's AdamW has its own `_init_group`, taking `amsgrad` third
+_INIT_GROUP_TAKES_AMSGRAD = "amsgrad" in inspect.signature(torch.optim.AdamW._init_group).parameters
+
+
+def _init_group(optimizer: torch.optim.AdamW, group: dict[str, Any], tensors: tuple) -> bool:
+    """torch's lazy state init and gather of a group's tensors: AdamW's own, so the state is
+    AdamW's."""
+    if _INIT_GROUP_TAKES_AMSGRAD:
+        params, grads, *state = tensors
+        return optimizer._init_group(group, params, grads, group["amsgrad"], *state)
+    return optimizer._init_group(group, *tensors)
+
+
+def _group_sizes(group: dict[str, Any]) -> dict[int, int]:
+    """id(param) → the group size its penalty weight uses, for the params `group_sizes` sets."""
+    sizes = group.get("group_sizes")
+    return {} if sizes is None else {id(p): n for p, n in zip(group["params"], sizes, strict=True)}
+
+
+def _pick(tensors: tuple[list[Tensor], ...], indices: list[int]) -> list[list[Tensor]]:
+    """The lists restricted to `indices` (an empty list, max_exp_avg_sqs without amsgrad,
+    stays empty)."""
+    return [[t[i] for i in indices] if t else [] for t in tensors]
+
+
+def _fusable(tensors: list[list[Tensor]], i: int) -> bool:
+    """Whether torch's fused AdamW takes the i-th param: its fused CPU kernel needs a float32
+    step on the param's device, and reads gradient and state in the param's memory layout."""
+    param, step = tensors[0][i], tensors[5][i]
+    return (
+        param.device.type == "cpu"
+        and param.is_floating_point()
+        and step.device == param.device
+        and step.dtype == torch.float32
+        and all(t[i].stride() == param.stride() for t in tensors[1:5] if t)
+    )
 
 
 def _group_blocks(shape: torch.Size, group_by: str) -> list[tuple[slice, ...]]:

@@ -11,12 +11,12 @@ a conv (every conv group's, in order) or linear layer. An axis left out kept eve
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["AXES", "CompactionPlan", "CompactionPlanError", "axis_size"]
 
@@ -55,6 +55,32 @@ class CompactionPlan:
         return cls(
             {name: {a: [int(i) for i in k] for a, k in axes.items()} for name, axes in data.items()}
         )
+
+    def compose(self, later: CompactionPlan) -> CompactionPlan:
+        """This plan followed by `later`, a plan of the model this one compacted (its indices
+        count in the compacted layers): one plan whose indices count in the original layers,
+        as train-time compaction stores it after every compaction."""
+        layers = {name: dict(axes) for name, axes in self.layers.items()}
+        for name, axes in later.layers.items():
+            for axis, kept in axes.items():
+                before = self.layers.get(name, {}).get(axis)
+                kept = list(kept) if before is None else [before[i] for i in kept]
+                layers.setdefault(name, {})[axis] = kept
+        return CompactionPlan(layers)
+
+    def expand(self, name: str, weight: Tensor, shape: Sequence[int]) -> Tensor:
+        """The weight of the compacted conv `name` in the conv's original `shape`, the entries
+        the plan removed as zeros (what the sparsity statistics of a compacted model count)."""
+        axes = self.layers.get(name)
+        if not axes:
+            return weight
+        rows = torch.as_tensor(axes.get("out", range(shape[0])), device=weight.device)
+        # a grouped conv's "in" lists the kept inputs of every conv group; dim 1 holds group 0's
+        inputs = axes.get("in", range(shape[1]))
+        cols = torch.as_tensor([c % shape[1] for c in inputs][: weight.shape[1]])
+        full = weight.new_zeros(tuple(shape))
+        full[rows[:, None], cols.to(weight.device)] = weight
+        return full
 
     def apply(self, model: nn.Module) -> None:
         """Shrink the dense `model` to the plan in place (torch-pruning's layer pruners).

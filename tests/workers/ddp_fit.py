@@ -8,6 +8,9 @@ forward broadcasts rank 0's buffers), a fingerprint of every training batch it s
 metrics of a `trainer.validate` after fit on a validation split of 9 samples (rank 0 gets 5 in 2
 batches, rank 1 gets 4 in 1 batch) with what it validated on.
 
+`--train-compaction` fits with `TrainTimeCompaction` (every epoch, groups zero for one epoch)
+and also saves the module's compaction plan.
+
 `--sync-batchnorm` fits with `Trainer(sync_batchnorm=True)`. Torch's `SyncBatchNorm` runs on
 GPUs only (no CPU kernels for its batch statistics, and DDP refuses a CPU module holding one),
 so `GlooSyncBatchNorm`, a `TorchSyncBatchNorm` plugin that Lightning accepts with
@@ -31,6 +34,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from lightning_mtl.callbacks import TrainTimeCompaction
 from tests.helpers import DDP_TRAINER, ddp_fit_setup
 
 
@@ -109,14 +113,15 @@ class Record(L.Callback):
             self.validated.append(int(batch["image"].shape[0]))
 
 
-def main(out: Path, sync_batchnorm: bool) -> None:
+def main(out: Path, sync_batchnorm: bool, train_compaction: bool) -> None:
     torch.set_num_threads(1)  # two processes on a small CPU: no oversubscription
     L.seed_everything(0)
     data, model = ddp_fit_setup()
     record, layer_sync = Record(), GlooSyncBatchNorm()
+    compaction = [TrainTimeCompaction(round_to=None)] if train_compaction else []
     trainer = L.Trainer(
         **DDP_TRAINER,
-        callbacks=[record],
+        callbacks=[record, *compaction],
         sync_batchnorm=sync_batchnorm,
         plugins=[layer_sync] if sync_batchnorm else None,
     )
@@ -132,10 +137,16 @@ def main(out: Path, sync_batchnorm: bool) -> None:
             "train_batches": record.train_batches,
             "val_metrics": val_metrics,
             "validated": record.validated,
+            "compaction_plan": model.compaction_plan.to_data(),
         },
         out / f"rank{trainer.global_rank}.pt",
     )
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sync_batchnorm="--sync-batchnorm" in sys.argv[2:])
+    flags = sys.argv[2:]
+    main(
+        Path(sys.argv[1]),
+        sync_batchnorm="--sync-batchnorm" in flags,
+        train_compaction="--train-compaction" in flags,
+    )

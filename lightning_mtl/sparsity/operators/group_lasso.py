@@ -13,7 +13,8 @@ import math
 import torch
 from torch import Tensor
 
-from lightning_mtl.sparsity.groups import GroupBy, group_size, group_sum
+from lightning_mtl.sparsity.groups import GroupBy, group_sum
+from lightning_mtl.sparsity.groups import group_size as _group_size
 from lightning_mtl.sparsity.operators.registry import register_prox_operator
 
 #: Newton steps of the adaptive prox on accelerators, where checking convergence would
@@ -98,10 +99,14 @@ def group_lasso_adaptive_(
 
 
 @register_prox_operator("group_lasso")
-def group_lasso(z: Tensor, d: Tensor | None, step_size: float, group_by: GroupBy) -> Tensor:
+def group_lasso(
+    z: Tensor, d: Tensor | None, step_size: float, group_by: GroupBy, group_size: int | None = None
+) -> Tensor:
     """The prox of step_size·Σ_g √p_g ‖W_g‖ at `z`, euclidean (`d=None`) or in the metric
-    diag(d); may work in place on `z` and `d`."""
-    threshold = step_size * math.sqrt(group_size(z, group_by))
+    diag(d); may work in place on `z` and `d`. p_g is `z`'s group size unless `group_size` is
+    given (a layer compacted in training keeps its original groups' weight)."""
+    size = _group_size(z, group_by) if group_size is None else group_size
+    threshold = step_size * math.sqrt(size)
     if d is None:
         return group_lasso_euclidean(z, threshold, group_by)
     return group_lasso_adaptive_(z, d, threshold, group_by)

@@ -14,7 +14,9 @@ def soft_threshold(z: Tensor, threshold: Tensor | float) -> Tensor:
 
 
 @register_prox_operator("l1")
-def l1(z: Tensor, d: Tensor | None, step_size: float, group_by: GroupBy) -> Tensor:
+def l1(
+    z: Tensor, d: Tensor | None, step_size: float, group_by: GroupBy, group_size: int | None = None
+) -> Tensor:
     """Soft-threshold each element by step_size (euclidean) or step_size / d_i (metric diag(d));
-    the grouping does not enter."""
+    the grouping (`group_by`, `group_size`) does not enter."""
     return soft_threshold(z, step_size if d is None else step_size / d)
