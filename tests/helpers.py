@@ -194,6 +194,24 @@ def write_real_nyuv2_png(root: Path, splits: Mapping[str, Iterable[int]]) -> Pat
     return root
 
 
+def assert_same_run(a: tuple, b: tuple) -> None:
+    """Two (module, trainer) fits ended in the same state: global step, every module tensor
+    (weights, BN buffers), the optimizer's param groups (lr, λ) and its state."""
+    (module_a, trainer_a), (module_b, trainer_b) = a, b
+    assert trainer_a.global_step == trainer_b.global_step
+    state_a, state_b = module_a.state_dict(), module_b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for name, value in state_a.items():
+        assert torch.equal(value, state_b[name]), name
+    opt_a = trainer_a.optimizers[0].state_dict()
+    opt_b = trainer_b.optimizers[0].state_dict()
+    assert opt_a["param_groups"] == opt_b["param_groups"]
+    assert opt_a["state"].keys() == opt_b["state"].keys()
+    for key, state in opt_a["state"].items():
+        for name, value in state.items():  # step, exp_avg, exp_avg_sq
+            assert torch.equal(value, opt_b["state"][key][name]), (key, name)
+
+
 def csv_logger(root: Path) -> CSVLogger:
     """A CSV logger writing root/metrics.csv."""
     return CSVLogger(root, name="", version="")

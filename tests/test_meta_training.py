@@ -16,6 +16,7 @@ from lightning_mtl.sparsity import live_groups
 from tests.helpers import (
     META_PRUNING,
     TASKS,
+    assert_same_run,
     csv_logger,
     run_ddp_worker,
     tiny_meta_datamodule,
@@ -89,22 +90,6 @@ def _fit(root: Path, max_epochs: int, ckpt_path: str | None = None, callbacks=()
     return module, trainer
 
 
-def _assert_same_run(a: tuple, b: tuple) -> None:
-    (module_a, trainer_a), (module_b, trainer_b) = a, b
-    assert trainer_a.global_step == trainer_b.global_step
-    state_a, state_b = module_a.state_dict(), module_b.state_dict()
-    assert state_a.keys() == state_b.keys()
-    for name, value in state_a.items():  # θ, ρ and the BN buffers
-        assert torch.equal(value, state_b[name]), name
-    opt_a = trainer_a.optimizers[0].state_dict()
-    opt_b = trainer_b.optimizers[0].state_dict()
-    assert opt_a["param_groups"] == opt_b["param_groups"]  # λ of the sparse group included
-    assert opt_a["state"].keys() == opt_b["state"].keys()
-    for key, state in opt_a["state"].items():
-        for name, value in state.items():  # step, exp_avg, exp_avg_sq
-            assert torch.equal(value, opt_b["state"][key][name]), (key, name)
-
-
 def _check_resume(tmp_path: Path) -> None:
     """4 epochs in one go == 2 epochs, checkpoint, 2 more epochs in a new Trainer."""
     straight = _fit(tmp_path / "straight", 4)
@@ -112,7 +97,7 @@ def _check_resume(tmp_path: Path) -> None:
     _fit(tmp_path / "split", 2, callbacks=[ModelCheckpoint(dirpath=checkpoints, save_last=True)])
     resumed = _fit(tmp_path / "split", 4, ckpt_path=str(checkpoints / "last.ckpt"))
     assert straight[1].global_step == 16
-    _assert_same_run(straight, resumed)
+    assert_same_run(straight, resumed)
     assert straight[0].rho.item() != pytest.approx(torch.tensor(0.3).log().item()), "λ moved"
     assert 0 < _dead_groups(straight[0].state_dict()) < 243  # 243 groups in the tiny backbone
 

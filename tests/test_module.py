@@ -14,7 +14,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning_mtl import ProxAdamW, register_task, sparsity_stats
 from lightning_mtl.callbacks import SparsityMonitor
 from lightning_mtl.sparsity import kernels
-from tests.helpers import ForegroundTask, csv_logger, tiny_datamodule, tiny_module, tiny_trainer
+from tests.helpers import (
+    ForegroundTask,
+    assert_same_run,
+    csv_logger,
+    tiny_datamodule,
+    tiny_module,
+    tiny_trainer,
+)
 
 
 def _trainer(tmp_path: Path, **kwargs) -> L.Trainer:
@@ -75,17 +82,7 @@ def test_resume_continues_exactly(tmp_path):
     resumed, resumed_trainer = run(
         tmp_path / "split", 4, ckpt_path=str(tmp_path / "split" / "checkpoints" / "last.ckpt")
     )
-    assert resumed_trainer.global_step == straight_trainer.global_step
-    for (name, a), (_, b) in zip(
-        straight.state_dict().items(), resumed.state_dict().items(), strict=True
-    ):
-        assert torch.equal(a, b), name
-    opt_a = straight_trainer.optimizers[0].state_dict()
-    opt_b = resumed_trainer.optimizers[0].state_dict()
-    assert opt_a["param_groups"] == opt_b["param_groups"]
-    for key, state in opt_a["state"].items():
-        for name, value in state.items():
-            assert torch.equal(value, opt_b["state"][key][name]), (key, name)
+    assert_same_run((straight, straight_trainer), (resumed, resumed_trainer))
     assert sparsity_stats(straight.sparse_weights()).group_pct > 0
 
 
