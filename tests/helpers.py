@@ -27,6 +27,7 @@ from datamodules import NYUv2DataModule, SyntheticDataModule
 from datamodules.meta import MetaTaskDataModule
 from datamodules.nyuv2 import FORMATS
 from lightning_mtl import MetaSparsityModule, MultiTaskLightningModule, ProxAdamW
+from lightning_mtl.callbacks import TrainTimeCompaction
 from lightning_mtl.lomt import LayerOptimizedModel
 from lightning_mtl.metrics import MeanOfValues
 from lightning_mtl.models.backbone import BACKBONES, build_backbone
@@ -195,20 +196,34 @@ def write_real_nyuv2_png(root: Path, splits: Mapping[str, Iterable[int]]) -> Pat
 
 
 def assert_same_run(a: tuple, b: tuple) -> None:
-    """Two (module, trainer) fits ended in the same state: global step, every module tensor
-    (weights, BN buffers), the optimizer's param groups (lr, λ) and its state."""
+    """Two (module, trainer) fits ended in the same state (`assert_same_state`)."""
     (module_a, trainer_a), (module_b, trainer_b) = a, b
-    assert trainer_a.global_step == trainer_b.global_step
-    state_a, state_b = module_a.state_dict(), module_b.state_dict()
+    assert_same_state(
+        *(
+            {
+                "state_dict": module.state_dict(),
+                "optimizer": trainer.optimizers[0].state_dict(),
+                "global_step": trainer.global_step,
+            }
+            for module, trainer in ((module_a, trainer_a), (module_b, trainer_b))
+        )
+    )
+
+
+def assert_same_state(a: Mapping[str, Any], b: Mapping[str, Any]) -> None:
+    """Two fits' `{state_dict, optimizer, global_step}` are equal: every module tensor
+    (weights, BN buffers, log-variances or ρ), the optimizer's param groups (lr, λ) and its
+    state (step, exp_avg, exp_avg_sq)."""
+    assert a["global_step"] == b["global_step"]
+    state_a, state_b = a["state_dict"], b["state_dict"]
     assert state_a.keys() == state_b.keys()
     for name, value in state_a.items():
         assert torch.equal(value, state_b[name]), name
-    opt_a = trainer_a.optimizers[0].state_dict()
-    opt_b = trainer_b.optimizers[0].state_dict()
+    opt_a, opt_b = a["optimizer"], b["optimizer"]
     assert opt_a["param_groups"] == opt_b["param_groups"]
     assert opt_a["state"].keys() == opt_b["state"].keys()
     for key, state in opt_a["state"].items():
-        for name, value in state.items():  # step, exp_avg, exp_avg_sq
+        for name, value in state.items():
             assert torch.equal(value, opt_b["state"][key][name]), (key, name)
 
 
@@ -316,9 +331,11 @@ def nyu_fit(
     resume: str | None = None,
 ) -> dict[str, Any]:
     """The fit of test_crash_resume (in-process or in workers/crash_fit.py): 2 epochs of
-    `MultiTaskLightningModule` (KIND `mtl`) or `MetaSparsityModule` (`meta`) on augmented NYU-v2
-    files at `data_root`, checkpointing OUT/last.ckpt every 2 optimizer steps, from `resume` if
-    given; the module's and optimizer's state dicts and the global step at the end."""
+    `MultiTaskLightningModule` (KIND `mtl`; `compaction`: with a stronger prox and
+    `TrainTimeCompaction` at the start of epoch 1) or `MetaSparsityModule` (`meta`) on
+    augmented NYU-v2 files at `data_root`, checkpointing OUT/last.ckpt every 2 optimizer steps,
+    from `resume` if given; the module's and optimizer's state dicts, the global step and the
+    compaction plan at the end."""
     L.seed_everything(3)
     nyu = NYUv2DataModule(
         data_root,
@@ -329,9 +346,12 @@ def nyu_fit(
         augment=True,
         val_fraction=0.2,
     )
-    if kind == "mtl":
+    if kind in ("mtl", "compaction"):
         data = nyu
-        module = tiny_module(nyu, lambda_=0.05, optimizer=functools.partial(ProxAdamW, lr=0.05))
+        lambda_ = 0.05 if kind == "mtl" else 0.3
+        module = tiny_module(nyu, lambda_=lambda_, optimizer=functools.partial(ProxAdamW, lr=0.05))
+        if kind == "compaction":
+            callbacks = [*callbacks, TrainTimeCompaction(round_to=None)]
     else:
         data = MetaTaskDataModule(nyu, tasks=list(TASKS), **TINY_META, num_workers=workers)
         module = tiny_meta_module(data, **{**META_PRUNING, "lambda_init": 0.3})
@@ -344,6 +364,7 @@ def nyu_fit(
         "state_dict": module.state_dict(),
         "optimizer": trainer.optimizers[0].state_dict(),
         "global_step": trainer.global_step,
+        "compaction_plan": module.compaction_plan.to_data(),
     }
 
 

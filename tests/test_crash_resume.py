@@ -26,7 +26,7 @@ import torch
 from datamodules.nyuv2 import write_synthetic_nyuv2
 from datamodules.sampling import ResumableSampler
 from lightning_mtl.sparsity import live_groups
-from tests.helpers import ROOT, WORKERS, nyu_fit
+from tests.helpers import ROOT, WORKERS, assert_same_state, nyu_fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,18 +77,11 @@ def test_killed_mid_epoch_resumes_exactly(kind, workers, nyu_root, tmp_path):
     resumed = torch.load(tmp_path / "crashed" / "result.pt")
 
     assert straight["global_step"] == resumed["global_step"] == 8
-    state_a, state_b = straight["state_dict"], resumed["state_dict"]
-    assert state_a.keys() == state_b.keys()
-    for name, value in state_a.items():  # θ, BN buffers, log-variances (mtl) or ρ (meta)
-        assert torch.equal(value, state_b[name]), name
-    opt_a, opt_b = straight["optimizer"], resumed["optimizer"]
-    assert opt_a["param_groups"] == opt_b["param_groups"]  # λ of the sparse group included
-    assert opt_a["state"].keys() == opt_b["state"].keys()
-    for key, state in opt_a["state"].items():
-        for name, value in state.items():  # step, exp_avg, exp_avg_sq
-            assert torch.equal(value, opt_b["state"][key][name]), (key, name)
-    dead = _zero_groups(state_a)
-    assert all(torch.equal(a, b) for a, b in zip(dead, _zero_groups(state_b), strict=True))
+    assert_same_state(straight, resumed)
+    dead = _zero_groups(straight["state_dict"])
+    assert all(
+        torch.equal(a, b) for a, b in zip(dead, _zero_groups(resumed["state_dict"]), strict=True)
+    )
     assert 0 < sum(int(d.sum()) for d in dead) < 243  # some, not all, of the 243 groups died
 
 
@@ -121,3 +114,22 @@ def test_augmentation_is_a_function_of_the_sample_seed(nyu_root):
     b = train[3, 7]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["image"], train[3, 8]["image"])
+
+
+@pytest.mark.slow
+def test_killed_after_a_train_time_compaction_resumes_exactly(nyu_root, tmp_path):
+    """Compacted at the start of epoch 1, killed as its third batch starts: the mid-epoch
+    checkpoint holds the compacted model, and the resumed fit rebuilds it and ends as the
+    uninterrupted one."""
+    crashed = _worker("compaction", nyu_root, tmp_path / "crashed", "--crash-at", 6)
+    straight = nyu_fit("compaction", nyu_root, tmp_path / "straight")
+    assert _wait(crashed) == -signal.SIGKILL
+    last = tmp_path / "crashed" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=False)
+    assert checkpoint["global_step"] == 6 and checkpoint["compaction_plan"], "mid-epoch, compacted"
+    assert _wait(_worker("compaction", nyu_root, tmp_path / "crashed", "--resume", last)) == 0
+    resumed = torch.load(tmp_path / "crashed" / "result.pt")
+
+    assert straight["global_step"] == resumed["global_step"] == 8
+    assert straight["compaction_plan"] == resumed["compaction_plan"]
+    assert_same_state(straight, resumed)

@@ -34,7 +34,7 @@ class CrashAt(L.Callback):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["mtl", "meta"])
+    parser.add_argument("kind", choices=["mtl", "compaction", "meta"])
     parser.add_argument("data")
     parser.add_argument("out", type=Path)
     parser.add_argument("--workers", type=int, default=0)
