@@ -254,3 +254,36 @@ def test_train_time_compaction_refuses_what_it_cannot_compact(tmp_path):
         trainer.fit(module, data)
     with pytest.raises(ValueError, match="every_n_epochs and dead_for_epochs must be ≥ 1"):
         TrainTimeCompaction(dead_for_epochs=0)
+
+
+def test_compaction_keeps_the_lr_schedule_and_the_warm_up_lambda(tmp_path):
+    """A StepLR halving lr every epoch and the dense warm-up (λ = 0 in epoch 0) go on across
+    compactions: the scheduler drives the new optimizer, λ and lr are the uncompacted run's."""
+    schedule = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5)
+
+    def fit(callbacks):
+        L.seed_everything(3)
+        data = tiny_datamodule()
+        module = tiny_module(
+            data,
+            lambda_=LAMBDA,
+            prox_start_epoch=1,
+            optimizer=functools.partial(ProxAdamW, lr=1e-2),
+            lr_scheduler=schedule,
+        )
+        trainer = tiny_trainer(tmp_path, max_epochs=4, callbacks=callbacks)
+        trainer.fit(module, data)
+        return module, trainer
+
+    compacted, trainer = fit([TrainTimeCompaction(**COMPACTION)])
+    _, dense_trainer = fit([])
+    assert compacted.compaction_plan.layers
+    (config,) = trainer.lr_scheduler_configs
+    assert config.scheduler.optimizer is trainer.optimizers[0]
+    groups, dense_groups = (
+        trainer.optimizers[0].param_groups,
+        dense_trainer.optimizers[0].param_groups,
+    )
+    assert [g["lr"] for g in groups] == [g["lr"] for g in dense_groups] == [1e-2 / 16] * 4
+    assert [g["lambda_"] for g in groups] == [g["lambda_"] for g in dense_groups]
+    assert groups[0]["lambda_"] == LAMBDA
