@@ -85,7 +85,9 @@ class LightningMTLCLI(LightningCLI):
             ]
 
     def after_fit(self) -> None:
-        """Close the W&B run so its file is complete when the command returns."""
+        """Finish the W&B run when the job ends. W&B's service completes the offline run file
+        moments later (on a loaded machine after `finish()` has returned); the process's exit
+        waits for it, so the file is complete when the command has exited."""
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.finish()
