@@ -296,3 +296,22 @@ def test_group_sizes_weigh_groups_as_the_original_layer(compiled, kernel, metric
     assert partly_dead, "some λ of the ladder kills some groups, not all"
     with pytest.raises(ValueError, match="group_sizes must give a positive size for each"):
         ProxAdamW([{"params": [a], "group_sizes": [1, 2]}])
+
+
+def test_the_kernels_adam_update_is_torch_fused_adamw_bit_for_bit(compiled):
+    """With a prox too weak to change anything (λ 1e-30), the compiled kernel's weights and state
+    equal torch `AdamW(fused=True)`'s bit for bit, weight decay included."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(64, 32, 3, 3, generator=generator)
+    a, b = torch.nn.Parameter(weight.clone()), torch.nn.Parameter(weight.clone())
+    options = dict(lr=1e-2, eps=1e-6, weight_decay=0.05)
+    reference = torch.optim.AdamW([a], **options, fused=True)
+    opt = ProxAdamW([b], **options, lambda_=1e-30, prox_metric="euclidean", kernel="compiled")
+    for _ in range(5):
+        grad = torch.randn(weight.shape, generator=generator)
+        a.grad, b.grad = grad.clone(), grad.clone()
+        reference.step()
+        opt.step()
+        assert torch.equal(a, b)
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(reference.state[a][key], opt.state[b][key]), key

@@ -23,9 +23,9 @@ class SparsityMonitor(L.Callback):
     run folder (also sent to W&B when a WandbLogger is attached). Warns once when every group
     is zero (λ too large): training goes on, but the model has become constant.
 
-    Works with any module that has `sparse_weights()` (name, weight) in forward order; counts
-    against the original architecture when the module was compacted in training
-    (`sparse_weights(original_shapes=True)`).
+    Works with any module whose `sparse_weights(original_shapes=True)` gives (name, weight) in
+    forward order (`MultiTaskModuleBase`'s: in the original architecture's shapes once the
+    module was compacted in training).
     """
 
     def __init__(self, filename: str = "sparsity.png", log_layers: bool = True) -> None:

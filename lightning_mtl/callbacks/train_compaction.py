@@ -160,40 +160,46 @@ def compact_with_optimizer(
     groups, every group's hyperparameters as `optimizer` has them now and its state sliced as
     the weights were — or `optimizer` itself when nothing was removed."""
     before = copy.deepcopy(module.model)
-    names = {id(p): n for n, p in module.named_parameters()}
+    # the network's state by parameter name; parameters outside it (loss weights) keep theirs
+    network = {
+        n: optimizer.state[p] for n, p in module.model.named_parameters() if p in optimizer.state
+    }
     report = module.compact_model(removable, round_to)
     if not report.plan.layers:
         return report, optimizer
-    state = {names[id(p)]: s for p, s in optimizer.state.items()}
     new = module.optimizer_factory(module.optimizer_param_groups())
     if len(new.param_groups) != len(optimizer.param_groups):
         raise RuntimeError("the compacted module built another set of param groups")
     for old_group, new_group in zip(optimizer.param_groups, new.param_groups, strict=True):
         # lr, λ and the rest as schedulers and callbacks left them; the new group sizes stay
         new_group.update({k: v for k, v in old_group.items() if k not in _LAYOUT_KEYS})
-    sliced = _sliced_state(before, report.plan, state)
-    for name, param in module.named_parameters():
+    sliced = _sliced_state(before, report.plan, network)
+    for name, param in module.model.named_parameters():
         if name in sliced:
             new.state[param] = sliced[name]
+    in_network = {id(p) for p in module.model.parameters()}
+    for param in module.parameters():
+        if id(param) not in in_network and param in optimizer.state:
+            new.state[param] = optimizer.state[param]
     return report, new
 
 
 def _sliced_state(
     before: nn.Module, plan: CompactionPlan, state: Mapping[str, dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
-    """The optimizer state of the module's parameters (by name), each tensor laid out like its
-    parameter sliced as `plan` slices `before` (the network as it was; `model.` names)."""
+    """The optimizer state of `before`'s parameters (by name; the network as it was), each
+    tensor laid out like its parameter sliced as `plan` slices `before`."""
     out = {name: dict(s) for name, s in state.items()}
     keys = {k for s in state.values() for k, v in s.items() if torch.is_tensor(v) and v.dim()}
     for key in sorted(keys):
         shadow = copy.deepcopy(before)  # the same layers, holding the state instead of weights
         with torch.no_grad():
             for name, param in shadow.named_parameters():
-                value = state.get(f"model.{name}", {}).get(key)
+                value = state.get(name, {}).get(key)
                 if value is not None:
                     param.data = value
             plan.apply(shadow)
         for name, param in shadow.named_parameters():
-            if key in out.get(f"model.{name}", {}):
-                out[f"model.{name}"][key] = param.detach()
+            if key in out.get(name, {}):
+                out[name][key] = param.detach()
     return out
