@@ -86,17 +86,19 @@ def test_resume_continues_exactly(tmp_path):
     assert sparsity_stats(straight.sparse_weights()).group_pct > 0
 
 
-@pytest.mark.parametrize("kernel", ["eager", "compiled"])
+@pytest.mark.parametrize("kernel", ["eager", "compiled", "triton"])
 def test_prox_runs_once_per_optimizer_step_under_accumulation(tmp_path, monkeypatch, kernel):
-    """The eager `apply_prox`, or the compiled kernel's pass over the sparse convs' group."""
+    """The eager `apply_prox`, or a fused kernel's pass over the sparse convs' group (the
+    Triton kernel in Triton's interpreter: a real fit with it)."""
     calls = []
     if kernel == "eager":
         original = ProxAdamW.apply_prox
         monkeypatch.setattr(ProxAdamW, "apply_prox", lambda self: calls.append(1) or original(self))
     else:
-        fused = kernels.adamw_prox_
+        module = kernels.adamw_prox if kernel == "compiled" else kernels.triton_adamw_prox
+        fused = module.adamw_prox_
         monkeypatch.setattr(
-            kernels, "adamw_prox_", lambda *a, **k: calls.append(1) or fused(*a, **k)
+            module, "adamw_prox_", lambda *a, **k: calls.append(1) or fused(*a, **k)
         )
     data = tiny_datamodule()  # 16 train images, batch 4: 4 batches, 2 optimizer steps per epoch
     optimizer = functools.partial(ProxAdamW, kernel=kernel)

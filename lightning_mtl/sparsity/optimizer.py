@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Iterable, Mapping
+from types import ModuleType
 from typing import Any, Literal
 
 import torch
@@ -22,8 +23,8 @@ from lightning_mtl.sparsity.operators.group_lasso import MAX_NEWTON_STEPS
 PROX_BLOCK_ELEMENTS = 1 << 19
 _GROUP_DIM = {"in_channel": 1, "out_channel": 0}
 
-Kernel = Literal["auto", "compiled", "eager"]
-KERNELS: tuple[str, ...] = ("auto", "compiled", "eager")
+Kernel = Literal["auto", "compiled", "triton", "eager"]
+KERNELS: tuple[str, ...] = ("auto", "compiled", "triton", "eager")
 
 
 class ProxAdamW(torch.optim.AdamW):
@@ -57,12 +58,16 @@ class ProxAdamW(torch.optim.AdamW):
     `kernel` picks how a step runs. `"eager"`: torch's AdamW step, then the prox in PyTorch ops
     (the reference). `"compiled"`: every proxed weight (a contiguous float32/float64 CPU conv
     weight of a group with λ > 0) takes one fused C++ pass, AdamW update and prox together
-    (`sparsity.kernels`, built on first use), and every other parameter takes torch's
-    `AdamW(fused=True)` update (unless `foreach`/`fused` say otherwise); it raises
-    `KernelUnavailable` where that is impossible. `"auto"` (default): as `"compiled"`, except
-    that whatever the kernel cannot take runs eagerly, with one `KernelFallbackWarning` per
-    reason and process. Both paths give the same results up to float rounding, and keep torch
-    AdamW's state (`step`, `exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`).
+    (`sparsity.kernels.adamw_prox`, built on first use). `"triton"`: every proxed weight
+    (float32/float64, contiguous or channels_last, on CUDA — or on CPU under
+    `TRITON_INTERPRET=1`) takes the fused Triton kernel (`sparsity.kernels.triton_adamw_prox`),
+    many convs per launch and no host synchronisation. Either way every other parameter takes
+    torch's AdamW update (`fused=True` where it can, unless `foreach`/`fused` say otherwise),
+    and `KernelUnavailable` is raised where the kernel cannot run. `"auto"` (default): the
+    Triton kernel for CUDA weights and the compiled one for CPU weights, and whatever they
+    cannot take runs eagerly, with one `KernelFallbackWarning` per reason and process. All
+    paths give the same results up to float rounding, and keep torch AdamW's state (`step`,
+    `exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`).
     """
 
     def __init__(
@@ -212,29 +217,31 @@ class ProxAdamW(torch.optim.AdamW):
                 self._prox_parameter(p, group, state)
 
     def _step_unsupported(self) -> str | None:
-        """Why no part of this step can take the compiled kernel, or None."""
+        """Why no part of this step can take a fused kernel, or None."""
         if getattr(self, "grad_scale", None) is not None:
             return "the step is given a grad scale (a GradScaler with fused=True)"
         for flag in ("differentiable", "capturable"):
             if any(group[flag] for group in self.param_groups):
-                return f"{flag}=True is a torch AdamW variant the compiled kernel does not have"
+                return f"{flag}=True is a torch AdamW variant the fused kernels do not have"
         return None
 
     def _fall_back(self, reason: str) -> None:
-        if self.kernel == "compiled":
-            raise kernels.KernelUnavailable(f"ProxAdamW(kernel='compiled'): {reason}")
+        if self.kernel != "auto":
+            raise kernels.KernelUnavailable(f"ProxAdamW(kernel={self.kernel!r}): {reason}")
         kernels.warn_fallback(reason)
 
     def _fused_group_step(self, group: dict[str, Any]) -> None:
-        """One group's step: the proxed weights the kernel takes in one fused pass, the other
-        parameters by torch's AdamW (fused where it can), then the eager prox of the rest."""
+        """One group's step: the proxed weights a kernel takes in one fused pass per kernel and
+        dtype, the other parameters by torch's AdamW (fused where it can), then the eager prox
+        of the rest."""
         _check_prox_options(group)
         # params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs (amsgrad), steps, as AdamW's
         tensors: tuple[list[Tensor], ...] = ([], [], [], [], [], [])
         has_complex = _init_group(self, group, tensors)
         params = tensors[0]
-        taken = [i for i in range(len(params)) if self._kernel_takes(group, tensors, i)]
-        rest = sorted(set(range(len(params))) - set(taken))
+        kernel_of = {i: self._kernel_for(group, tensors, i) for i in range(len(params))}
+        taken = [i for i, kernel in kernel_of.items() if kernel is not None]
+        rest = [i for i, kernel in kernel_of.items() if kernel is None]
         if rest:
             chosen = _pick(tensors, rest)
             fused = group["fused"]
@@ -254,9 +261,9 @@ class ProxAdamW(torch.optim.AdamW):
                 maximize=group["maximize"],
             )
         sizes = _group_sizes(group)
-        for dtype in dict.fromkeys(params[i].dtype for i in taken):  # one call per dtype
-            chosen = [i for i in taken if params[i].dtype == dtype]
-            kernels.adamw_prox_(
+        for kernel, dtype in dict.fromkeys((kernel_of[i], params[i].dtype) for i in taken):
+            chosen = [i for i in taken if (kernel_of[i], params[i].dtype) == (kernel, dtype)]
+            kernel.adamw_prox_(
                 _pick(tensors, chosen),
                 lr=float(group["lr"]),
                 betas=group["betas"],
@@ -272,26 +279,24 @@ class ProxAdamW(torch.optim.AdamW):
             )
         self._apply_prox_group(group, done=[params[i] for i in taken])
 
-    def _kernel_takes(
+    def _kernel_for(
         self, group: dict[str, Any], tensors: tuple[list[Tensor], ...], i: int
-    ) -> bool:
-        """Whether the kernel updates the group's i-th param (with a gradient): a proxed 4-D
-        weight it supports; a proxed one it does not support falls back (`_fall_back`)."""
+    ) -> ModuleType | None:
+        """The kernel module that updates the group's i-th param (with a gradient) — a proxed
+        4-D weight it supports — or None; a proxed one it does not support falls back
+        (`_fall_back`)."""
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, _ = tensors
         if params[i].dim() != 4 or float(group["lambda_"]) == 0:
-            return False
+            return None
+        kernel = kernels.for_device(self.kernel, params[i].device)
         penalty = group["penalty"]
-        reason = kernels.penalty_unsupported(penalty, PROX_OPERATORS.get(penalty))
         state = [grads[i], exp_avgs[i], exp_avg_sqs[i], *max_exp_avg_sqs[i : i + 1]]
-        reason = reason or kernels.unsupported(params[i], *state)
-        if reason is None:
-            try:
-                kernels.load()
-            except kernels.KernelUnavailable as error:
-                reason = str(error)
+        reason = kernels.penalty_unsupported(penalty, PROX_OPERATORS.get(penalty))
+        reason = reason or kernel.unsupported(params[i], *state)
         if reason is not None:
             self._fall_back(reason)
-        return reason is None
+            return None
+        return kernel
 
     def _prox_parameter(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         """Prox one weight, a block of groups at a time so the solver's scratch stays in cache."""

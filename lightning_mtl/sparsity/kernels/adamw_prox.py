@@ -141,7 +141,18 @@ def penalty_unsupported(name: str, operator: object) -> str | None:
 
 
 def unsupported(param: Tensor, *tensors: Tensor) -> str | None:
-    """Why the kernel cannot update `param` with its gradient and state `tensors`, or None."""
+    """Why the kernel cannot update `param` with its gradient and state `tensors` (or cannot
+    be built here), or None."""
+    reason = _tensors_unsupported(param, *tensors)
+    if reason is None:
+        try:
+            load()
+        except KernelUnavailable as error:
+            reason = str(error)
+    return reason
+
+
+def _tensors_unsupported(param: Tensor, *tensors: Tensor) -> str | None:
     if param.device.type != "cpu":
         return f"the compiled kernel runs on CPU tensors, not {param.device.type}"
     if param.dtype not in DTYPES:
