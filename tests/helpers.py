@@ -10,8 +10,10 @@ import struct
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -21,6 +23,8 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchmetrics import MetricCollection
 
 from datamodules import NYUv2DataModule, SyntheticDataModule
@@ -241,6 +245,119 @@ def torch_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+# -- host syncs ----------------------------------------------------------------------------------
+
+LIBRARY = ROOT / "lightning_mtl"
+
+
+@dataclass
+class HostSyncs:
+    """The host syncs a counter saw: where each came from (the innermost `lightning_mtl` frame
+    of its Python stack, "path:line function"; None for a sync outside any library call)."""
+
+    origins: list[str | None] = field(default_factory=list)
+
+    @property
+    def library(self) -> list[str]:
+        """The syncs made inside a call into `lightning_mtl` (its code or what it called)."""
+        return [origin for origin in self.origins if origin is not None]
+
+
+#: the Tensor methods that read values to the host (each is a device→host sync on CUDA)
+_READ_METHODS = frozenset(
+    {
+        Tensor.item,
+        Tensor.tolist,
+        Tensor.__bool__,
+        Tensor.__float__,
+        Tensor.__int__,
+        Tensor.__index__,
+        Tensor.__format__,
+    }
+)
+
+
+class _MethodReads(TorchFunctionMode):
+    """Counts the calls of `_READ_METHODS` (seen under `torch.inference_mode` too, and for
+    `.tolist()`, which reads a CPU tensor without `_local_scalar_dense`)."""
+
+    def __init__(self, syncs: HostSyncs) -> None:
+        super().__init__()
+        self.syncs = syncs
+        self.reading = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func not in _READ_METHODS or self.reading:
+            return func(*args, **(kwargs or {}))
+        self.syncs.origins.append(_library_origin())
+        self.reading = True
+        try:
+            return func(*args, **(kwargs or {}))
+        finally:
+            self.reading = False
+
+
+class _OpReads(TorchDispatchMode):
+    """Counts `aten._local_scalar_dense` (what reading one value lowers to) called from C++
+    rather than through a method `_MethodReads` counted, e.g. a tensor used as an index.
+    Blind under `torch.inference_mode` (inference tensors skip Python dispatch modes)."""
+
+    def __init__(self, methods: _MethodReads) -> None:
+        super().__init__()
+        self.methods = methods
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default and not self.methods.reading:
+            self.methods.syncs.origins.append(_library_origin())
+        return func(*args, **(kwargs or {}))
+
+
+def _library_origin() -> str | None:
+    """The innermost `lightning_mtl` frame of the current Python stack, or None."""
+    frame = sys._getframe()
+    while frame is not None:
+        path = Path(frame.f_code.co_filename)
+        if path.is_relative_to(LIBRARY):
+            return f"{path.relative_to(ROOT)}:{frame.f_lineno} {frame.f_code.co_name}"
+        frame = frame.f_back
+    return None
+
+
+@contextmanager
+def count_scalar_reads() -> Iterator[HostSyncs]:
+    """Record every host read of a tensor's values meanwhile (`.item()`, `bool()`, `float()`,
+    `int()`, `.tolist()`): each is a device→host sync on CUDA, so counting them on CPU tells how
+    often a step would stall the GPU. Not counted: reads from C++ (a tensor used as an index)
+    under `torch.inference_mode`, and ops whose output shape depends on the values (`nonzero`,
+    boolean-mask indexing), which sync on CUDA too."""
+    syncs = HostSyncs()
+    methods = _MethodReads(syncs)
+    with methods, _OpReads(methods):
+        yield syncs
+
+
+@contextmanager
+def count_cuda_syncs() -> Iterator[HostSyncs]:
+    """Record every synchronizing CUDA operation meanwhile (`torch.cuda.set_sync_debug_mode`
+    "warn": blocking copies either way, `.item()`, stream and device synchronizations), with
+    the Python stack it was called from."""
+
+    def record(message: Warning | str, category: type[Warning], *args: object) -> None:
+        if "called a synchronizing CUDA operation" in str(message):
+            syncs.origins.append(_library_origin())
+
+    syncs = HostSyncs()
+    mode = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield syncs
+        finally:
+            torch.cuda.set_sync_debug_mode(mode)
 
 
 # -- registries ----------------------------------------------------------------------------------

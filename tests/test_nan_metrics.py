@@ -23,7 +23,13 @@ from lightning_mtl.metrics import (
 )
 from lightning_mtl.modules.finite import NonFiniteWarning
 from lightning_mtl.tasks import build_task
-from tests.helpers import tiny_datamodule, tiny_model, tiny_module, tiny_trainer
+from tests.helpers import (
+    count_scalar_reads,
+    tiny_datamodule,
+    tiny_model,
+    tiny_module,
+    tiny_trainer,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -70,6 +76,21 @@ def test_every_metric_of_a_task_with_a_nan_prediction_is_nan(evaluated, key):
     assert all(math.isnan(v) for v in values.values()), values
     metrics.reset()
     assert _values(metrics, task, pred, target) == plain, "a new split starts clean"
+
+
+@pytest.mark.parametrize("non_finite", [False, True])
+def test_a_flag_tensor_marks_without_a_host_read(evaluated, non_finite):
+    """What the modules pass: the batch's flag, a bool tensor, added to the state unread."""
+    tasks, batch, preds = evaluated
+    task = tasks["depth"]
+    metrics = nan_if_non_finite(task.build_metrics())
+    metrics.update(task.metric_input(preds["depth"]), task.metric_target(batch["depth"]))
+    with count_scalar_reads() as reads:
+        for metric in metrics.values():
+            metric.mark_non_finite(torch.tensor(non_finite))
+    assert not reads.origins
+    values = {k: float(v) for k, v in metrics.compute().items()}
+    assert all(math.isnan(v) == non_finite for v in values.values()), values
 
 
 # (metric, preds, target) with a NaN prediction at a valid element: the metric itself gives NaN
@@ -128,8 +149,10 @@ def test_nan_head_warns_once_per_split_and_logs_nan_metrics(tmp_path):
         with pytest.warns(NonFiniteWarning) as caught:
             (logged,) = run(module, data, verbose=False)
         messages = [str(w.message) for w in caught if w.category is NonFiniteWarning]
-        assert len(messages) == 1, messages  # both tasks in the first batch, one warning
-        assert f"{split} prediction of task(s) ['normal', 'sphere'] in batch 0" in messages[0]
+        assert len(messages) == 1, messages  # one warning per split and epoch, at its end
+        counts = {"normal": 2, "sphere": 2}  # both heads are NaN in both batches
+        expected = f"task(s) {list(counts)} in epoch 0 (in {counts} of the 2 batches)"
+        assert f"{split} prediction of {expected}" in messages[0]
         for name, value in logged.items():
             task = name.split("/")[1] if name.count("/") == 2 else None
             assert math.isnan(value) == (task in ("normal", "sphere", None)), name

@@ -14,9 +14,11 @@ from tests.helpers import tiny_datamodule, tiny_module, tiny_trainer
 BAD_STEP = 2
 
 
-def fit_until_it_breaks(module, data, tmp_path):
+def fit_until_it_breaks(module, data, tmp_path, **trainer_options):
     checkpoints = ModelCheckpoint(tmp_path, every_n_train_steps=1, save_last=True)
-    trainer = tiny_trainer(tmp_path, max_epochs=2, limit_val_batches=0, callbacks=[checkpoints])
+    trainer = tiny_trainer(
+        tmp_path, max_epochs=2, limit_val_batches=0, callbacks=[checkpoints], **trainer_options
+    )
     with pytest.raises(NonFiniteError) as error:
         trainer.fit(module, data)
     return str(error.value), tmp_path / "last.ckpt"
@@ -58,4 +60,30 @@ def test_inf_gradient_names_the_parameter_and_step(tmp_path):
     weight.register_hook(blow_up)
     message, last = fit_until_it_breaks(module, data, tmp_path)
     assert f"non-finite gradient at step {BAD_STEP} in model.heads.seg." in message
+    assert_last_checkpoint_is_the_step_before(last)
+
+
+def test_nan_loss_of_an_accumulated_micro_batch_stops_before_the_step(tmp_path):
+    """With 2 micro-batches per optimizer step, a NaN loss in the first is still caught before
+    that step's optimizer step (the step's flag, read once there, holds every micro-batch)."""
+    data = tiny_datamodule()  # 4 batches: 2 optimizer steps per epoch
+    module = tiny_module(data)
+    depth = module.tasks["depth"]
+    loss = type(depth).loss
+    bad_step_losses = []
+
+    def nan_in_first_micro_batch(pred, target):
+        value = loss(depth, pred, target)
+        if module.global_step != BAD_STEP:
+            return value
+        bad_step_losses.append(value)
+        return value * float("nan") if len(bad_step_losses) == 1 else value
+
+    depth.loss = nan_in_first_micro_batch
+    message, last = fit_until_it_breaks(module, data, tmp_path, accumulate_grad_batches=2)
+    assert len(bad_step_losses) == 2, "the second micro-batch ran, then the check"
+    assert (
+        f"non-finite loss at step {BAD_STEP}: task(s) {{'depth': nan}} (micro-batch 1 of 2)"
+        in message
+    )
     assert_last_checkpoint_is_the_step_before(last)

@@ -15,7 +15,6 @@ from torch.func import functional_call
 
 from lightning_mtl.meta.inner_loop import INNER_SPARSITY, adapt, group_lasso
 from lightning_mtl.modules.base import MultiTaskModuleBase
-from lightning_mtl.modules.finite import check_finite_losses
 from lightning_mtl.modules.multitask import MultiTaskLightningModule
 from lightning_mtl.sparsity import GroupSparsity, ProxAdamW
 from lightning_mtl.sparsity.config import ProxMetric
@@ -255,8 +254,8 @@ class MetaSparsityModule(MultiTaskModuleBase):
 
     def training_step(self, meta_batch: Sequence[MetaTask], batch_idx: int) -> Tensor:
         result = self.meta_loss(meta_batch)
-        # the gradients are checked in on_before_optimizer_step
-        check_finite_losses(result.query_losses, self.global_step)
+        # read with the gradients' check in on_before_optimizer_step, before the step
+        self.non_finite_step.add_losses(result.query_losses, self.global_step)
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         grads = torch.autograd.grad(result.loss, [p for _, p in named], allow_unused=True)
         grads = [

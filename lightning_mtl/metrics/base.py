@@ -75,7 +75,7 @@ class BatchWeightedMean(Metric):
 
 
 class NaNIfNonFinite(Metric):
-    """`metric`, but NaN for a split in which any rank called `mark_non_finite()`.
+    """`metric`, but NaN for a split in which any rank marked it (`mark_non_finite`).
 
     The modules mark every metric of a task whose raw prediction held a NaN/inf (which e.g. an
     argmax or a threshold would turn into finite, arbitrary labels): the split's value of each
@@ -90,9 +90,10 @@ class NaNIfNonFinite(Metric):
         self.metric = metric
         self.add_state("non_finite", torch.tensor(0), dist_reduce_fx="sum")
 
-    def mark_non_finite(self) -> None:
-        """Make this split's value NaN."""
-        self.non_finite += 1
+    def mark_non_finite(self, flag: Tensor | bool = True) -> None:
+        """Make this split's value NaN if `flag` (a bool tensor on the metric's device is added
+        as it is, without a host read)."""
+        self.non_finite += flag
 
     def update(self, *args: Tensor, **kwargs: Tensor) -> None:
         self.metric.update(*args, **kwargs)

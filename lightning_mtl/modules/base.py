@@ -3,8 +3,8 @@
 The tasks, the network (built from its plain-data `model_spec`, the arguments of
 `build_multitask_model`), the grouped convs and their sparsity settings, the optimizer param
 groups, evaluation (val/test/predict steps and metrics, NaN for a task with a non-finite
-prediction), the non-finite-gradient stop, the model summary's example input, the checkpoint
-architecture check and exact-resume RNG bookkeeping.
+prediction), the non-finite loss/gradient stop (one host read per optimizer step), the model
+summary's example input, the checkpoint architecture check and exact-resume RNG bookkeeping.
 Subclasses add how they train: `MultiTaskLightningModule` (weighted losses, automatic
 optimisation, warm-up) and `MetaSparsityModule` (meta-learned λ, manual optimisation).
 """
@@ -18,13 +18,12 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_mtl.callbacks import RNGStateCheckpoint
 from lightning_mtl.metrics import BatchWeightedMean, nan_if_non_finite
 from lightning_mtl.models.builder import build_from_spec, model_spec
-from lightning_mtl.modules.finite import NonFiniteWarning, check_finite_grads
+from lightning_mtl.modules.finite import NonFinitePredictions, NonFiniteStep
 from lightning_mtl.sparsity import GroupSparsity, ProxAdamW, conv_weights
 from lightning_mtl.sparsity.compact import CompactionReport, compact
 from lightning_mtl.sparsity.groups import NamedWeights, group_size
@@ -113,8 +112,10 @@ class MultiTaskModuleBase(L.LightningModule):
                 for k, t in self.tasks.items()
             }
         )
-        # (split, task) already warned about a non-finite prediction this epoch: see _evaluate
-        self._warned_non_finite: set[tuple[str, str]] = set()
+        # the step's NaN/inf flag: losses (training_step), gradients (on_before_optimizer_step)
+        self.non_finite_step = NonFiniteStep()
+        # the val/test batches of the epoch with a NaN/inf prediction, per task: see _evaluate
+        self.non_finite_predictions = NonFinitePredictions(list(self.tasks))
         # the val/test losses by logged name ("val/loss", "val/seg/loss", …): see _log_loss
         self.eval_losses = nn.ModuleDict(
             {
@@ -188,62 +189,55 @@ class MultiTaskModuleBase(L.LightningModule):
         losses = {k: t.loss(preds[k], batch[t.target_key]) for k, t in self.tasks.items()}
         return preds, losses
 
+    def on_train_start(self) -> None:
+        self.non_finite_step.reset()
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Stop on a NaN/inf gradient (not under fp16 AMP, whose scaler skips those steps)."""
+        """Stop on a NaN/inf loss of the step's (micro-)batches, which `training_step` added to
+        `non_finite_step`, or gradient (not under fp16 AMP, whose scaler skips those steps): the
+        step's one host read."""
         if getattr(self.trainer.precision_plugin, "scaler", None) is None:
-            grads = {n: p.grad for n, p in self.named_parameters()}
-            check_finite_grads(grads, self.global_step)
+            self.non_finite_step.add_grads({n: p.grad for n, p in self.named_parameters()})
+        self.non_finite_step.raise_if_set(self.global_step)
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val", self.val_metrics)
+        self._evaluate(batch, "val", self.val_metrics)
 
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test", self.test_metrics)
+        self._evaluate(batch, "test", self.test_metrics)
 
     def on_validation_epoch_start(self) -> None:
-        self._warned_non_finite.clear()
+        self.non_finite_predictions.reset()
 
     def on_test_epoch_start(self) -> None:
-        self._warned_non_finite.clear()
+        self.non_finite_predictions.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self.non_finite_predictions.warn("val", self.current_epoch)
+
+    def on_test_epoch_end(self) -> None:
+        self.non_finite_predictions.warn("test", self.current_epoch)
 
     def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         preds = self.model(batch["image"])
         return {k: self.tasks[k].metric_input(p) for k, p in preds.items()}
 
-    def _evaluate(
-        self, batch: Mapping[str, Tensor], batch_idx: int, split: str, metrics: nn.ModuleDict
-    ) -> None:
+    def _evaluate(self, batch: Mapping[str, Tensor], split: str, metrics: nn.ModuleDict) -> None:
         """Log the losses and update the metrics; every metric of a task whose prediction holds
-        a NaN/inf is NaN for the split (`NaNIfNonFinite`), with a warning (one host sync)."""
+        a NaN/inf is NaN for the split (`NaNIfNonFinite`, marked on the device: no host read),
+        with a warning at the epoch's end."""
         preds, losses = self.task_losses(batch)
         size = batch["image"].shape[0]
         self._log_loss(f"{split}/loss", sum(losses.values()), size)
-        finite = torch.stack([preds[k].isfinite().all() for k in self.tasks]).tolist()
-        bad = [k for k, ok in zip(self.tasks, finite, strict=True) if not ok]
-        if bad:
-            self._warn_non_finite(bad, batch_idx, split)
-        for key, task in self.tasks.items():
+        non_finite = self.non_finite_predictions.add(preds)
+        for (key, task), flag in zip(self.tasks.items(), non_finite, strict=True):
             self._log_loss(f"{split}/{key}/loss", losses[key], size)
             metrics[key].update(
                 task.metric_input(preds[key]), task.metric_target(batch[task.target_key])
             )
-            if key in bad:
-                for metric in metrics[key].values():
-                    metric.mark_non_finite()
+            for metric in metrics[key].values():
+                metric.mark_non_finite(flag)
             self.log_dict(metrics[key], batch_size=size)
-
-    def _warn_non_finite(self, tasks: list[str], batch_idx: int, split: str) -> None:
-        """Warn once per split, epoch and task that its metrics are NaN."""
-        new = [k for k in tasks if (split, k) not in self._warned_non_finite]
-        if not new:
-            return
-        self._warned_non_finite.update((split, k) for k in new)
-        rank_zero_warn(
-            f"non-finite (NaN/inf) {split} prediction of task(s) {new} in batch {batch_idx} of "
-            f"epoch {self.current_epoch}: every {split} metric of these tasks is NaN for this "
-            "epoch. The weights or the inputs hold NaN/inf (a diverged run, or a bad checkpoint).",
-            category=NonFiniteWarning,
-        )
 
     def _log_loss(self, name: str, loss: Tensor, size: int) -> None:
         """Log a val/test loss as the mean of the batch losses weighted by batch size, summed

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
@@ -12,7 +13,6 @@ from torch import Tensor
 from lightning_mtl.callbacks import ProxWarmup, ResetOptimizerState
 from lightning_mtl.lomt.model import TAP_OUTPUTS
 from lightning_mtl.modules.base import MultiTaskModuleBase
-from lightning_mtl.modules.finite import check_finite_losses
 from lightning_mtl.sparsity import GroupSparsity, ProxAdamW
 from lightning_mtl.sparsity.config import ProxMetric
 from lightning_mtl.sparsity.groups import GroupBy
@@ -131,7 +131,7 @@ class MultiTaskLightningModule(MultiTaskModuleBase):
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         _, losses = self.task_losses(batch)
-        check_finite_losses(losses, self.global_step)
+        self.non_finite_step.add_losses(losses, self.global_step)  # read before the step
         total = self.weighting(losses)
         size = batch["image"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=size)
@@ -139,7 +139,8 @@ class MultiTaskLightningModule(MultiTaskModuleBase):
             self.log(f"train/{key}/loss", loss, batch_size=size)
         for key, weight in self.weighting.weights().items():
             self.log(f"weights/{key}", weight, batch_size=size)
-        self.log("lambda", self.current_lambda, batch_size=size)
+        # a CPU tensor: Lightning keeps it there (a float would be copied to the GPU every step)
+        self.log("lambda", torch.tensor(self.current_lambda), batch_size=size)
         return total
 
     def extra_param_groups(self) -> dict[str, dict[str, Any]]:
