@@ -28,7 +28,7 @@ TRAIN_FLAGS := --config $(CONFIG) --run.logger $(LOGGER) \
 	$(if $(DATA_ROOT),--data.init_args.root $(DATA_ROOT)) \
 	$(if $(NAME),--run.name $(NAME))
 
-.PHONY: install train meta meta-study lomt sweep report test test-fast bench lint format clean
+.PHONY: install train meta meta-study lomt sweep report test test-fast bench gpu-check gpu-wheels lint format clean
 
 install: $(STAMP)
 
@@ -76,6 +76,15 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/lightning-mtl bench $(ARGS)
+
+# every GPU check, one command (at most 8 min on one GPU): the tests marked gpu, then the prox
+# bench, into one JSON (ARGS="--json FILE", default runs/gpu-check.json); without CUDA a CPU dry run
+gpu-check: $(STAMP)
+	$(BIN)/python scripts/gpu_check.py $(ARGS)
+
+# the wheels a lent GPU machine without network lacks, into .whl/ (docs/benchmarks.md#gpu)
+gpu-wheels:
+	bash scripts/gpu_wheels.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

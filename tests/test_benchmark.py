@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from lightning_mtl.benchmarks.main import PARTS, expected_meta_ratio, main, parse_meta_config
-from lightning_mtl.benchmarks.prox import CASES
+from lightning_mtl.benchmarks.prox import CASES, kernels_on, peak_bandwidth, tabulated_bandwidth
 from lightning_mtl.benchmarks.timing import interleaved_ms, latency_ms, median_ms
 from tests.helpers import torch_threads
 
@@ -53,7 +53,7 @@ def test_bench_reports_the_prox_cost_the_data_pipeline_and_compaction(capsys, tm
     assert result["data"]["loader_images_s"] > 0
     assert result["data"]["train_images_s"] > 0
     out = capsys.readouterr().out
-    assert "ProxAdamW adaptive lambda 1e-4, compiled step" in out
+    assert "ProxAdamW adaptive lambda 1e-4, compiled" in out
     assert "adaptive prox share of it" in out
     assert "NYU-v2 loader" in out
     assert [r["sparsity"] for r in result["compaction"] if r["batch_size"] == 1] == [
@@ -213,6 +213,34 @@ def test_meta_cost_model_and_configs():
     assert expected_meta_ratio(2, 1, first_order=True) == 4  # B·(K+1)
     assert expected_meta_ratio(2, 1, first_order=False) == 8  # B·(3K+1)
     assert expected_meta_ratio(2, 2, first_order=False) == 14
+
+
+def test_the_prox_part_times_the_fused_kernel_of_the_device():
+    assert kernels_on(torch.device("cpu")) == ("eager", "compiled")
+    assert kernels_on(torch.device("cuda")) == ("eager", "triton")
+    assert kernels_on(torch.device("meta")) == ("eager",)
+
+
+@pytest.mark.parametrize(
+    ("name", "entry", "bytes_per_s"),
+    [
+        ("NVIDIA H100 80GB HBM3", "H100 SXM", 3.35e12),
+        ("NVIDIA H100 PCIe", "H100 PCIe", 2.0e12),
+        ("NVIDIA H100 NVL", "H100 NVL", 3.9e12),
+        ("NVIDIA H200", "H200", 4.8e12),
+        ("NVIDIA A100-SXM4-80GB", "A100 80GB", 2.0e12),
+        ("NVIDIA A100-PCIE-40GB", "A100 40GB", 1.555e12),
+    ],
+)
+def test_peak_bandwidth_of_a_known_gpu_comes_from_the_table(name, entry, bytes_per_s):
+    assert tabulated_bandwidth(name) == (entry, bytes_per_s)
+
+
+def test_peak_bandwidth_of_an_unknown_device_is_measured_by_a_copy():
+    assert tabulated_bandwidth("NVIDIA GeForce RTX 4090") is None
+    peak = peak_bandwidth(torch.device("cpu"), 1 << 20, 0.001)
+    assert peak["source"] == "measured: copy of 1,048,576 bytes"
+    assert peak["bytes_per_s"] > 0
 
 
 def test_interleaved_rounds_measure_every_statement_once_per_round_in_turn():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -22,6 +23,10 @@ class BenchOptions:
         image_size: side of the square inputs.
         batch_size: batch of the training steps.
         head_channels: channels of the seg, depth and normal heads.
+        precision: the prox part's training step in float32 (`32-true`) or under bfloat16
+            autocast (`bf16-mixed`; the parameters, gradients and optimizer stay float32).
+        channels_last: the prox part's training step with the model and inputs in the
+            channels_last memory format.
         data_size: (H, W) of the data part's images.
         data_workers: loader worker processes of the data part.
         data_images: synthetic NYU-v2 images of the data part.
@@ -58,6 +63,8 @@ class BenchOptions:
     image_size: int = 256
     batch_size: int = 2
     head_channels: int = 256
+    precision: Literal["32-true", "bf16-mixed"] = "32-true"
+    channels_last: bool = False
     data_size: tuple[int, int] = (288, 384)
     data_workers: int = 2
     data_images: int = 64

@@ -1,12 +1,13 @@
 """The one way anything is timed: medians of `torch.utils.benchmark.Timer`, compared statements
-in interleaved rounds (so that drifting machine load hits them alike), and a step timer for
-Lightning fits."""
+in interleaved rounds (so that drifting machine load hits them alike), a step timer for
+Lightning fits, and a counter of the host syncs a CUDA statement makes."""
 
 from __future__ import annotations
 
 import functools
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Mapping
 
 import lightning as L
@@ -26,7 +27,9 @@ def sync(device: torch.device) -> None:
 
 def median_ms(fn: Callable[[], object], min_run_time: float) -> float:
     """Median ms of `fn()` over `Timer.blocked_autorange` blocks of at least `min_run_time` s,
-    with torch's current intra-op threads (`Timer` would otherwise time with one)."""
+    with torch's current intra-op threads (`Timer` would otherwise time with one). `Timer`
+    waits for the accelerator at both ends of a block, so `fn` need not: CUDA statements are
+    timed back to back, as a training loop queues them."""
     timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
@@ -44,6 +47,26 @@ def interleaved_ms(
         for name, fn in fns.items():
             times[name].append(measure(fn, min_run_time))
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def host_syncs_per_step(
+    fn: Callable[[], object], device: torch.device, steps: int = 3
+) -> float | None:
+    """Mean number of times a call of `fn()` makes the host wait for the CUDA device (torch's
+    sync debug mode warns at each: `.item()`, `bool()` of a tensor, device→host copies, …);
+    None off CUDA, where there is no device to wait for."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(w.message) for w in caught) / steps
 
 
 def latency_ms(

@@ -1,5 +1,5 @@
 """RNGStateCheckpoint: the global RNG streams in the checkpoint, so a resumed run draws the
-same dropout masks (and plain-DataLoader shuffles) as an uninterrupted one."""
+same dropout masks (and plain-DataLoader shuffles) as an uninterrupted one, on CPU and CUDA."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import torch
 
 
 class RNGStateCheckpoint(L.Callback):
-    """Saves the torch, numpy and python global RNG states with every checkpoint and restores
+    """Saves the torch (CPU, and the current CUDA device's once CUDA is in use: dropout on a
+    GPU draws from it), numpy and python global RNG states with every checkpoint and restores
     them when a run resumes; the sanity-check validation is made RNG-neutral so it cannot shift
     them.
 
@@ -44,13 +45,18 @@ class RNGStateCheckpoint(L.Callback):
 
 
 def rng_states() -> dict[str, Any]:
-    """The torch, numpy and python global RNG states as tensors and plain (weights-only) values."""
+    """The torch, numpy and python global RNG states as tensors and plain (weights-only) values;
+    `torch_cuda`: the current CUDA device's, once CUDA is initialised (reading it earlier would
+    initialise CUDA in a run that does not use it)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 (global stream)
-    return {
+    states = {
         "torch": torch.get_rng_state(),
         "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached],
         "python": random.getstate(),
     }
+    if torch.cuda.is_initialized():
+        states["torch_cuda"] = torch.cuda.get_rng_state()
+    return states
 
 
 def set_rng_states(states: Mapping[str, Any]) -> None:
@@ -59,3 +65,5 @@ def set_rng_states(states: Mapping[str, Any]) -> None:
     kind, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))  # noqa: NPY002
     random.setstate(states["python"])
+    if "torch_cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["torch_cuda"])
