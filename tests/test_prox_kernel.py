@@ -29,6 +29,7 @@ from lightning_mtl.sparsity.kernels import (
     KernelUnavailable,
     adamw_prox,
     triton_adamw_prox,
+    triton_program,
 )
 from lightning_mtl.sparsity.operators import register_prox_operator
 from tests import helpers
@@ -461,7 +462,7 @@ def test_one_triton_launch_per_tile_shape_serves_many_convs(fused, monkeypatch):
         params = [torch.nn.Parameter(w.clone()) for w in weights]
         params.append(torch.nn.Parameter(torch.zeros(8, device=device)))
         runs.append((params, ProxAdamW(params, lr=1e-2, lambda_=3.0, kernel=mode)))
-    program = triton_adamw_prox._program(torch.device(device).type)
+    program = triton_program.adamw_prox_program
     launches = []
 
     class Counting:
@@ -469,7 +470,7 @@ def test_one_triton_launch_per_tile_shape_serves_many_convs(fused, monkeypatch):
             launches.append(grid)
             return program[grid]
 
-    monkeypatch.setattr(triton_adamw_prox, "_program", lambda device_type: Counting())
+    monkeypatch.setattr(triton_program, "adamw_prox_program", Counting())
     for step, _ in enumerate(_steps(runs, generator, steps=2)):
         for a, b in zip(*(params for params, _ in runs), strict=True):
             torch.testing.assert_close(b, a, msg=lambda m, step=step: f"step {step + 1}: {m}")

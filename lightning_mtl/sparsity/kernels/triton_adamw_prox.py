@@ -22,8 +22,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from functools import cache
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -55,13 +53,10 @@ def unavailable_reason(device: torch.device) -> str | None:
     if device.type not in ("cpu", "cuda"):
         return f"the Triton kernel runs on CUDA tensors, not {device.type}"
     try:
-        import triton.language as tl
-        from triton.runtime.interpreter import InterpretedFunction
+        from lightning_mtl.sparsity.kernels import triton_program
     except ImportError as error:
         return f"the Triton kernel needs the triton package ({error})"
-    # triton.language's own helpers (the reductions' combine functions) are interpreted only
-    # when TRITON_INTERPRET was set as triton was imported (lightning imports it)
-    if device.type == "cpu" and not isinstance(tl.standard._sum_combine, InterpretedFunction):
+    if device.type == "cpu" and not triton_program.INTERPRETED:
         return (
             "TRITON_INTERPRET=1 was set after triton was imported: set it before the process "
             "imports lightning or triton"
@@ -133,20 +128,6 @@ def _tile(rows: int, groups: int, kernel: int, groups_adjacent: bool) -> tuple[i
     return block_r, block_g, block_k
 
 
-@cache
-def _program(device_type: str) -> Any:
-    """The kernel: compiled by Triton for CUDA, Triton's interpreter for CPU tensors (built on
-    first use, so that `TRITON_INTERPRET` may be set any time before)."""
-    from triton.runtime.interpreter import InterpretedFunction
-    from triton.runtime.jit import JITFunction
-
-    from lightning_mtl.sparsity.kernels.triton_program import adamw_prox_program
-
-    if device_type == "cpu":
-        return InterpretedFunction(adamw_prox_program)
-    return JITFunction(adamw_prox_program)
-
-
 def adamw_prox_(
     tensors: Sequence[Sequence[Tensor]],
     *,
@@ -216,11 +197,10 @@ def adamw_prox_(
     ]
     thresholds = [scale if penalty == "l1" else scale * math.sqrt(n) for n in sizes]
     floats = _to_device(_float_table(launch_constants, thresholds, steps, lr, betas), device)
-    program = _program(device.type)
     offset = ints.numel()
     for (block_r, block_g, block_k, adjacent), tiles in launches.items():
         count = len(tiles) // 2
-        program[(count,)](
+        tp.adamw_prox_program[(count,)](
             table,
             floats,
             table[offset : offset + len(tiles)],

@@ -1,7 +1,8 @@
 """The Triton program of `triton_adamw_prox` (imported only when it runs: it needs triton).
 
-`adamw_prox_program` is plain Python in Triton's language; `triton_adamw_prox` compiles it for
-CUDA tensors or runs it in Triton's interpreter for CPU tensors. One program takes BLOCK_G
+`adamw_prox_program` is compiled by Triton for CUDA tensors, or — when `TRITON_INTERPRET=1`
+was set before triton was imported (`INTERPRETED`) — run by Triton's interpreter, which also
+takes CPU tensors. One program takes BLOCK_G
 groups of one weight read as [R, G, K] (see `triton_adamw_prox`); everything it needs comes
 from three tables, so one launch serves many weights:
 
@@ -20,7 +21,9 @@ rounding (on a GPU, `tl.sqrt` of float32 is the hardware's approximate square ro
 """
 
 import torch
+import triton
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
 
 #: integers per weight in the `ints` table, and the launch constants before the per-weight
 #: floats in `floats` (the launcher writes both)
@@ -31,6 +34,22 @@ FLOATS_PER_WEIGHT = tl.constexpr(3)
 DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
+@triton.jit
+def _chunk(r0, k0, r_lane, k_lane, rows, kernel, g_valid, group_offset, stride_r, stride_k):
+    """Offsets and mask of the tile's chunk from row r0 and kernel position k0."""
+    r = r0 + r_lane
+    k = k0 + k_lane
+    return r * stride_r + group_offset + k * stride_k, (r < rows) & g_valid & (k < kernel)
+
+
+@triton.jit
+def _metric(root, bc2_sqrt, eps, METRIC: tl.constexpr):
+    """The prox's metric d from √v: adaptive √v̂ + ε (Adam's own denominator), uncorrected
+    √v + ε."""
+    return root / bc2_sqrt + eps if METRIC == 1 else root + eps
+
+
+@triton.jit
 def adamw_prox_program(
     ints_ptr,
     floats_ptr,
@@ -90,10 +109,9 @@ def adamw_prox_program(
     qc_sum = tl.zeros([BLOCK_G], dtype=DTYPE)
     for r0 in range(0, rows, BLOCK_R):
         for k0 in range(0, kernel, BLOCK_K):
-            r = r0 + r_lane
-            k = k0 + k_lane
-            mask = (r < rows) & g_valid & (k < kernel)
-            offset = r * stride_r + group_offset + k * stride_k
+            offset, mask = _chunk(
+                r0, k0, r_lane, k_lane, rows, kernel, g_valid, group_offset, stride_r, stride_k
+            )
             grad = tl.load(g_ptr + offset, mask=mask, other=0.0) * grad_sign
             param = tl.load(p_ptr + offset, mask=mask, other=0.0) * decay
             m0 = tl.load(m_ptr + offset, mask=mask, other=0.0)
@@ -111,10 +129,8 @@ def adamw_prox_program(
                 vv = tl.where((vmax > v1) | (vmax != vmax), vmax, v1)
                 tl.store(vmax_ptr + offset, vv, mask=mask)
             root = tl.sqrt(vv)
-            denom = root / bc2_sqrt + eps
-            z = param + neg_step * (m1 / denom)
-            # the metric d: adaptive √v̂ + ε (the step's own denominator), uncorrected √v + ε
-            d = denom if METRIC == 1 else root + eps
+            z = param + neg_step * (m1 / (root / bc2_sqrt + eps))
+            d = _metric(root, bc2_sqrt, eps, METRIC)
             if PENALTY == 1:  # l1: sign(z)·max(|z| − t, 0), t = lr·λ (÷ d in a metric)
                 t = threshold if METRIC == 0 else threshold / d
                 shrunk = tl.abs(z) - t
@@ -148,14 +164,21 @@ def adamw_prox_program(
                 t3_sum = tl.zeros([BLOCK_G], dtype=DTYPE)
                 for r0 in range(0, rows, BLOCK_R):
                     for k0 in range(0, kernel, BLOCK_K):
-                        r = r0 + r_lane
-                        k = k0 + k_lane
-                        mask = (r < rows) & g_valid & (k < kernel)
-                        offset = r * stride_r + group_offset + k * stride_k
+                        offset, mask = _chunk(
+                            r0,
+                            k0,
+                            r_lane,
+                            k_lane,
+                            rows,
+                            kernel,
+                            g_valid,
+                            group_offset,
+                            stride_r,
+                            stride_k,
+                        )
                         z = tl.load(p_ptr + offset, mask=mask, other=0.0)
                         root = tl.sqrt(tl.load(metric_v_ptr + offset, mask=mask, other=0.0))
-                        d = root / bc2_sqrt + eps if METRIC == 1 else root + eps
-                        c = (1 / d) * threshold
+                        c = (1 / _metric(root, bc2_sqrt, eps, METRIC)) * threshold
                         inverse = 1 / (c + theta[None, :, None])
                         u = tl.where(mask, z * z * inverse * inverse, 0.0)
                         s_sum += tl.sum(tl.sum(u, axis=2), axis=0)
@@ -171,16 +194,22 @@ def adamw_prox_program(
         # the last pass: z·θ/(θ + c), or z·scale
         for r0 in range(0, rows, BLOCK_R):
             for k0 in range(0, kernel, BLOCK_K):
-                r = r0 + r_lane
-                k = k0 + k_lane
-                mask = (r < rows) & g_valid & (k < kernel)
-                offset = r * stride_r + group_offset + k * stride_k
+                offset, mask = _chunk(
+                    r0, k0, r_lane, k_lane, rows, kernel, g_valid, group_offset, stride_r, stride_k
+                )
                 z = tl.load(p_ptr + offset, mask=mask, other=0.0)
                 if METRIC == 0:
                     factor = theta[None, :, None]
                 else:
                     root = tl.sqrt(tl.load(metric_v_ptr + offset, mask=mask, other=0.0))
-                    d = root / bc2_sqrt + eps if METRIC == 1 else root + eps
-                    c = (1 / d) * threshold
+                    c = (1 / _metric(root, bc2_sqrt, eps, METRIC)) * threshold
                     factor = 1 / (c + theta[None, :, None]) * theta[None, :, None]
                 tl.store(p_ptr + offset, z * factor, mask=mask)
+
+
+#: whether the program runs in Triton's interpreter (then on CPU tensors too): triton.language's
+#: own helpers (the reductions' combine functions) must be interpreted as well, which they are
+#: only when TRITON_INTERPRET=1 was set as triton was first imported
+INTERPRETED = isinstance(adamw_prox_program, InterpretedFunction) and isinstance(
+    tl.standard._sum_combine, InterpretedFunction
+)
