@@ -5,6 +5,7 @@ with `CompactionPlanError`, naming the file and the layer or key."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 
 from lightning_mtl.benchmarks.compaction import zero_random_groups
 from lightning_mtl.models.builder import HeadSpec, build_from_spec, model_spec
-from lightning_mtl.models.compacted import load_compacted, save_compacted
+from lightning_mtl.models.compacted import COMPACTED_FORMAT, load_compacted, save_compacted
 from lightning_mtl.sparsity import CompactionPlanError, compact
 from tests.helpers import TINY_BACKBONE
 
@@ -109,11 +110,31 @@ def test_a_file_whose_plan_does_not_fit_its_weights_is_refused(tmp_path, change,
     assert str(bad) in str(error.value)
 
 
+#: what the code in a pickled file did when it was unpickled
+_UNPICKLED: list[str] = []
+
+
+def _record_unpickling() -> None:
+    _UNPICKLED.append("code from the file ran")
+
+
+class _PickledCode:
+    """An object whose unpickling calls `_record_unpickling`."""
+
+    def __reduce__(self) -> tuple[Callable[[], None], tuple[()]]:
+        return _record_unpickling, ()
+
+
 def test_other_files_are_refused_by_name(tmp_path):
     model, _ = _saved(tmp_path / "model.pt", "lomt")
     torch.save(model, tmp_path / "pickled.pt")  # the format before: a pickled module
-    with pytest.raises(CompactionPlanError, match=r"pickled.pt is not a compacted model file"):
-        load_compacted(tmp_path / "pickled.pt")
+    torch.save({"format": COMPACTED_FORMAT, "code": _PickledCode()}, tmp_path / "code.pt")
+    for name in ("pickled.pt", "code.pt"):  # refused by the weights-only unpickler
+        with pytest.raises(
+            CompactionPlanError, match=rf"{name} is not a compacted model file: it holds pickled"
+        ):
+            load_compacted(tmp_path / name)
+    assert _UNPICKLED == []
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(CompactionPlanError, match=r"other.pt is not a compacted model file"):
         load_compacted(tmp_path / "other.pt")

@@ -19,6 +19,7 @@ from lightning_mtl.metrics import (
     ODSF1Score,
     PerImageMicroIoU,
 )
+from lightning_mtl.targets import IGNORE_INDEX
 
 ALL_CUSTOM = [
     PerImageMicroIoU,
@@ -49,11 +50,12 @@ def test_states_are_sum_reduced(make):
 
 
 def test_per_image_iou_by_hand():
+    unlabelled = IGNORE_INDEX  # what the metric skips by default: the batch contract's
     target = torch.tensor(
         [
-            [[0, 1], [2, 255]],  # 3 labelled: 2 correct, 1 wrong -> 2 / (2 + 2) = 0.5
+            [[0, 1], [2, unlabelled]],  # 3 labelled: 2 correct, 1 wrong -> 2 / (2 + 2) = 0.5
             [[1, 1], [1, 1]],  # 4 labelled, all correct -> 1
-            [[255, 255], [255, 255]],  # nothing labelled: skipped
+            [[unlabelled, unlabelled], [unlabelled, unlabelled]],  # nothing labelled: skipped
         ]
     )
     preds = torch.tensor([[[0, 1], [0, 2]], [[1, 1], [1, 1]], [[0, 0], [0, 0]]])
@@ -68,11 +70,11 @@ def test_per_image_iou_by_hand():
 def test_per_image_iou_is_micro_tp_over_tp_fp_fn():
     gen = torch.Generator().manual_seed(0)
     target = torch.randint(0, 4, (3, 5, 6), generator=gen)
-    target[:, 0] = 255
+    target[:, 0] = IGNORE_INDEX
     preds = torch.randint(0, 4, (3, 5, 6), generator=gen)
     expected = []
     for p, t in zip(preds.numpy(), target.numpy(), strict=True):
-        lab = t != 255
+        lab = t != IGNORE_INDEX
         tp = sum(np.sum((p == c) & (t == c) & lab) for c in range(4))
         fp = sum(np.sum((p == c) & (t != c) & lab) for c in range(4))
         fn = sum(np.sum((p != c) & (t == c) & lab) for c in range(4))

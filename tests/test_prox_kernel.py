@@ -303,7 +303,7 @@ def test_weights_the_kernel_does_not_take_run_eagerly(compiled, fresh_warnings, 
     `kernel="compiled"` refuses them."""
 
     @register_prox_operator("scaled_l1")
-    def scaled_l1(z, d, step_size, group_by):
+    def scaled_l1(z, d, step_size, group_by, group_size=None):
         return z.sign() * (z.abs() - 2 * step_size).clamp_min(0)
 
     cases = [

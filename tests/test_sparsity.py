@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import math
+import re
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +27,7 @@ from lightning_mtl.sparsity import (
     sparsity_stats,
 )
 from lightning_mtl.sparsity.groups import group_sum
-from lightning_mtl.sparsity.operators import group_lasso
+from lightning_mtl.sparsity.operators import ProxOperator, group_lasso
 from lightning_mtl.sparsity.stats import dead_groups_warning
 
 GROUP_BYS = ["in_channel", "out_channel"]
@@ -304,7 +309,7 @@ def test_a_registered_prox_operator_is_selected_by_penalty():
     """Adding a prox operator is one function and its registration; `penalty=` selects it."""
 
     @register_prox_operator("group_hard_threshold")
-    def hard(z, d, step_size, group_by):
+    def hard(z, d, step_size, group_by, group_size=None):
         norms = group_sum(z.square(), group_by).sqrt()
         return z * (norms > step_size)  # keep a group whole or drop it whole
 
@@ -327,6 +332,73 @@ def test_a_registered_prox_operator_is_selected_by_penalty():
         PROX_OPERATORS.unregister("group_hard_threshold")
     with pytest.raises(ValueError, match=r"unknown penalty 'group_hard_threshold'; choose one of"):
         GroupSparsity(penalty="group_hard_threshold")
+
+
+def _documented_operator() -> Callable[..., torch.Tensor]:
+    """docs/sparsity.md's example operator (`hard_threshold`), defined and registered from the
+    page's own code."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "sparsity.md").read_text()
+    example = next(
+        block
+        for block in re.findall(r"^```python\n(.*?)^```$", page, re.MULTILINE | re.DOTALL)
+        if '@register_prox_operator("hard_threshold")' in block
+    )
+    definitions = [
+        node
+        for node in ast.parse(example).body
+        if isinstance(node, ast.Import | ast.ImportFrom | ast.FunctionDef)
+    ]
+    namespace: dict[str, object] = {}
+    exec(compile(ast.Module(definitions, type_ignores=[]), "docs/sparsity.md", "exec"), namespace)
+    return namespace["hard_threshold"]  # type: ignore[return-value]
+
+
+def _parameters(function: Callable[..., object]) -> list[tuple[str, object]]:
+    """A function's parameter names and defaults."""
+    return [(p.name, p.default) for p in inspect.signature(function).parameters.values()]
+
+
+def test_the_documented_operator_runs_under_group_sizes(registries):
+    """An operator written as the docs write one takes the `group_size=` the optimizer passes
+    once a param group sets `group_sizes` (train-time compaction), and its parameters are
+    `ProxOperator`'s."""
+    operator = _documented_operator()
+    assert _parameters(operator) == _parameters(ProxOperator.__call__)[1:]  # less `self`
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    opt = ProxAdamW(
+        [{"params": [w], "group_sizes": [2 * 4 * 9]}],  # as if compaction halved O
+        lr=0.1,
+        lambda_=0.1,
+        penalty="hard_threshold",
+        kernel="eager",
+    )
+    w.grad = torch.randn_like(w)
+    opt.step()
+    assert 0 < int((w == 0).sum()) < w.numel()
+
+
+def test_an_operator_gets_the_group_size_that_group_sizes_sets(registries):
+    """`group_size` is the p_g that `group_sizes` sets for a param, None for the others."""
+    given: list[int | None] = []
+
+    @register_prox_operator("recording")
+    def recording(z, d, step_size, group_by, group_size=None):
+        given.append(group_size)
+        return z
+
+    set_size, own_size = (torch.zeros(2, 3, 1, 1, requires_grad=True) for _ in range(2))
+    opt = ProxAdamW(
+        [{"params": [set_size], "group_sizes": [4]}, {"params": [own_size]}],
+        lr=0.1,
+        lambda_=0.1,
+        penalty="recording",
+        kernel="eager",
+    )
+    for w in (set_size, own_size):
+        w.grad = torch.zeros_like(w)
+    opt.step()
+    assert given == [4, None]
 
 
 @pytest.mark.parametrize(

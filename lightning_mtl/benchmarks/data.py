@@ -4,7 +4,6 @@ images/s a training step consumes at the same resolution: is data the bottleneck
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -13,6 +12,7 @@ from rich.table import Table
 
 from lightning_mtl.benchmarks.options import BenchOptions
 from lightning_mtl.benchmarks.prox import training_step_share
+from lightning_mtl.benchmarks.timing import Stopwatch
 
 
 def data_throughput(
@@ -35,10 +35,11 @@ def data_throughput(
         data.setup("fit")
         loader = data.train_dataloader()
         next(iter(loader))  # worker start-up is not throughput
-        start, seen = time.perf_counter(), 0
-        for batch in loader:
-            seen += batch["image"].shape[0]
-        return seen / (time.perf_counter() - start)
+        seen = 0
+        with Stopwatch() as watch:
+            for batch in loader:
+                seen += batch["image"].shape[0]
+        return seen / watch.seconds
 
 
 def run(options: BenchOptions, device: torch.device, console: Console) -> dict:

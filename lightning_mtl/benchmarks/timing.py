@@ -1,6 +1,7 @@
 """The one way anything is timed: medians of `torch.utils.benchmark.Timer`, compared statements
 in interleaved rounds (so that drifting machine load hits them alike), a step timer for
-Lightning fits, and a counter of the host syncs a CUDA statement makes."""
+Lightning fits, a stopwatch for work that runs once, and a counter of the host syncs a CUDA
+statement makes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from types import TracebackType
 
 import lightning as L
 import torch
@@ -76,6 +78,28 @@ def latency_ms(
     with torch.inference_mode():
         fns = {key: functools.partial(model, x) for key, model in models.items()}
         return interleaved_ms(fns, rounds, min_run_time)
+
+
+class Stopwatch:
+    """Wall-clock seconds of a `with` block, for work that runs once and cannot be repeated as
+    `median_ms` repeats a statement (a loader's epoch, a whole fit):
+    `with Stopwatch() as watch: ...`, then `watch.seconds`."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        error_type: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.seconds = time.perf_counter() - self._start
 
 
 class StepTimer(L.Callback):

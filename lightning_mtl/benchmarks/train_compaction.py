@@ -20,7 +20,6 @@ import csv
 import math
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lightning_mtl.benchmarks.options import BenchOptions
+from lightning_mtl.benchmarks.timing import Stopwatch
 from lightning_mtl.pipelines.fit import build_cli
 
 MODES = ("without", "with")
@@ -45,9 +45,8 @@ def timed_fit(config: str, seed: int, compaction: bool, root: Path, extra: list[
         args += ["--trainer.callbacks", "[]"]
     cli = build_cli(args, run=False)
     cli.datamodule.prepare_data()  # the synthetic scenes are written once, untimed
-    start = time.perf_counter()
-    cli.trainer.fit(cli.model, cli.datamodule)
-    seconds = time.perf_counter() - start
+    with Stopwatch() as fit:
+        cli.trainer.fit(cli.model, cli.datamodule)
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
     with open(root / name / "metrics.csv") as f:
         group_pct = [
@@ -56,7 +55,7 @@ def timed_fit(config: str, seed: int, compaction: bool, root: Path, extra: list[
     main = [f"val/{k}/{t.main_metric}" for k, t in cli.model.tasks.items()]
     params = sum(p.numel() for p in cli.model.parameters())
     return {
-        "seconds": seconds,
+        "seconds": fit.seconds,
         "metrics": metrics,
         "group_pct": group_pct,
         "main": main,

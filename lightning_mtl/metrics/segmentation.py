@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from lightning_mtl.metrics.base import MeanOfValues
+from lightning_mtl.targets import IGNORE_INDEX
 
 
 class PerImageMicroIoU(MeanOfValues):
@@ -18,13 +19,14 @@ class PerImageMicroIoU(MeanOfValues):
     Differs from mIoU (per-class IoU of the split's confusion matrix, averaged over classes);
     both are reported so paper tables can be compared.
 
-    `preds` are labels [N,H,W] or logits [N,C,H,W]; `target` is [N,H,W]. An image whose
+    `preds` are labels [N,H,W] or logits [N,C,H,W]; `target` is [N,H,W], `ignore_index`
+    (the batch contract's `IGNORE_INDEX` by default) marking unlabelled pixels. An image whose
     logits hold a NaN/inf scores NaN (its argmax would be a finite, arbitrary label).
     """
 
     higher_is_better = True
 
-    def __init__(self, ignore_index: int = 255, **kwargs) -> None:
+    def __init__(self, ignore_index: int = IGNORE_INDEX, **kwargs) -> None:
         super().__init__(**kwargs)
         self.ignore_index = ignore_index
 

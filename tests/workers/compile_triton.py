@@ -23,7 +23,16 @@ from lightning_mtl.sparsity.kernels import triton_program
 
 SIGNATURE = {"ints_ptr": "*i64", "floats_ptr": "*fp64", "tiles_ptr": "*i64", "max_newton": "i32"}
 #: (penalty, metric) codes of the program: group lasso × 3 metrics, l1 × 2
-PROXES = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+PROXES = [
+    (triton_program.PENALTIES.index(penalty), triton_program.METRICS.index(metric))
+    for penalty, metric in [
+        ("group_lasso", "euclidean"),
+        ("group_lasso", "adaptive"),
+        ("group_lasso", "uncorrected"),
+        ("l1", "euclidean"),
+        ("l1", "adaptive"),
+    ]
+]
 #: (BLOCK_R, BLOCK_G, BLOCK_K, GROUPS_ADJACENT): a 3×3 conv, a 1×1 or channels_last one, rows
 TILES = [(16, 4, 16, False), (16, 64, 1, True), (1, 1, 1024, False)]
 

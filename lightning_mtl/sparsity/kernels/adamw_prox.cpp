@@ -5,6 +5,8 @@
 // applies, per weight, torch's AdamW update followed by the prox of `penalty` (group lasso or
 // l1) in the metric `metric`, exactly as the eager path does (sparsity/optimizer.py and
 // sparsity/operators/), with the same operation order so results agree to float rounding.
+// The options are named as ProxAdamW names them (penalty="l1", metric="adaptive", ...); the
+// names are mapped to this file's codes here only.
 //
 // A weight is a matrix [O, C] (C = I·kh·kw). It is cut into blocks of whole groups (columns
 // of input channels, or rows of output channels) of about kBlockBytes of solver data: pass 1
@@ -14,22 +16,72 @@
 // independent and go to threads dynamically; their results do not depend on the number of
 // threads.
 
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <iterator>
 #include <limits>
+#include <string>
 #include <vector>
 
 namespace {
 
-enum Penalty : int64_t { kGroupLasso = 0, kL1 = 1 };
-enum Metric : int64_t { kEuclidean = 0, kAdaptive = 1, kUncorrected = 2 };
-enum GroupBy : int64_t { kInChannel = 0, kOutChannel = 1 };
+enum Penalty : int64_t { kGroupLasso, kL1 };
+enum Metric : int64_t { kEuclidean, kAdaptive, kUncorrected };
+enum GroupBy : int64_t { kInChannel, kOutChannel };
+
+// An option's value by the name ProxAdamW gives it
+template <typename Code>
+struct Named {
+  const char* name;
+  Code code;
+};
+constexpr Named<Penalty> kPenalties[] = {{"group_lasso", kGroupLasso}, {"l1", kL1}};
+constexpr Named<Metric> kMetrics[] = {
+    {"euclidean", kEuclidean}, {"adaptive", kAdaptive}, {"uncorrected", kUncorrected}};
+constexpr Named<GroupBy> kGroupBys[] = {{"in_channel", kInChannel}, {"out_channel", kOutChannel}};
+
+// The code of `option`'s value `name`; an unknown name is an error listing the allowed ones.
+template <typename Code, size_t N>
+Code code_of(const char* option, c10::string_view name, const Named<Code> (&names)[N]) {
+  const Named<Code>* match =
+      std::find_if(std::begin(names), std::end(names),
+                   [&](const Named<Code>& known) { return name == known.name; });
+  if (match == std::end(names)) {
+    std::string allowed;
+    for (const Named<Code>& known : names) {
+      allowed += (allowed.empty() ? "'" : ", '") + std::string(known.name) + "'";
+    }
+    TORCH_CHECK(false, "adamw_prox_: unknown ", option, " '", name, "'; allowed: ", allowed);
+  }
+  return match->code;
+}
+
+// The scalar options of one call, as the param group sets them
+struct Options {
+  double lr, beta1, beta2, weight_decay, eps;
+  bool maximize;
+  Penalty penalty;
+  Metric metric;
+  GroupBy group_by;
+  double lambda;
+  int64_t max_newton;
+};
+
+// One param group's tensors, gathered as torch's AdamW gathers them, and the group sizes
+struct Group {
+  at::TensorList params, grads, exp_avgs, exp_avg_sqs;
+  at::TensorList max_exp_avg_sqs;  // empty without amsgrad
+  at::TensorList steps;
+  at::IntArrayRef group_sizes;  // one p_g per param, or empty: each weight's own
+};
 
 // What a block's solver re-reads (z, and c in a metric) takes about this many bytes. Blocks
 // this large leave the strided input-channel pass row segments of ≥ 2 KiB even in the largest
@@ -70,7 +122,10 @@ struct Layer {
   bool lerp_small;
   T threshold;  // lr·λ·√p_g (group lasso) or lr·λ (l1)
   T tolerance, tiny;
-  int64_t penalty, metric, group_by, max_newton;
+  Penalty penalty;
+  Metric metric;
+  GroupBy group_by;
+  int64_t max_newton;
 };
 
 struct Block {
@@ -78,9 +133,17 @@ struct Block {
   int64_t elements;
 };
 
+// A thread's buffers, reused from block to block. Input-channel blocks sum per column (`_at`),
+// then per group (`_sum`, a group being `kernel` adjacent columns).
 template <typename T>
 struct Scratch {
-  std::vector<T> c, theta_at, s_at, t_at, q_sum, qc_sum, theta;
+  std::vector<T> c;  // the metric's c = t/d of each element
+  std::vector<T> q_at, q_sum;  // Σ z²
+  std::vector<T> qc_at, qc_sum;  // Σ z²·c
+  std::vector<T> s_at, s_sum;  // a Newton step's S(θ) = Σ z²/(θ+c)²
+  std::vector<T> t3_at, t3_sum;  // a Newton step's Σ z²/(θ+c)³
+  std::vector<T> theta, theta_at;  // the adaptive prox's θ per group and at each column
+  std::vector<T> scale, scale_at;  // the euclidean prox's scale per group and at each column
 };
 
 // Pass 1 over n contiguous elements from `at`: torch AdamW's update, z stored into the weight;
@@ -244,6 +307,14 @@ ALWAYS_INLINE void group_totals(const T* at, int64_t groups, int64_t kernel, T* 
   }
 }
 
+// A per-group value at each of its group's `kernel` columns
+template <typename T>
+ALWAYS_INLINE void spread(const T* per_group, int64_t columns, int64_t kernel, T* at) {
+  for (int64_t j = 0; j < columns; ++j) {
+    at[j] = per_group[j / kernel];
+  }
+}
+
 // Input-channel groups: columns [c0, c0 + w) of every row. Sums run over the rows at each
 // column, then over the kernel positions of a group: the order of the eager matrix-vector
 // group sum. The Newton iterations of all groups of the block run together, until every one
@@ -256,61 +327,65 @@ ALWAYS_INLINE void in_channel_block(const Layer<T>& L, const Block& b, Scratch<T
   auto adam_row = [&](int64_t o, T* c) {
     adam_pass<T, kPenalty, kMetric>(L, o * stride + c0, w, c);
   };
-  S.s_at.assign(w, T(0));
-  S.t_at.assign(w, T(0));
-  S.theta_at.resize(w);
+  S.q_at.assign(w, T(0));
   S.q_sum.resize(nb);
-  S.qc_sum.resize(nb);
-  S.theta.resize(nb);
-  T* __restrict s_at = S.s_at.data();
-  T* __restrict t_at = S.t_at.data();
-  T* __restrict theta_at = S.theta_at.data();
-  T* __restrict theta = S.theta.data();
-  auto spread = [&]() {  // θ of each group at each of its columns
-    for (int64_t j = 0; j < w; ++j) {
-      theta_at[j] = theta[j / K];
-    }
-  };
+  T* __restrict q_at = S.q_at.data();
   if constexpr (kMetric == kEuclidean) {
     for (int64_t o = 0; o < rows; ++o) {
       adam_row(o, nullptr);
       const T* __restrict z = row(o);
       for (int64_t j = 0; j < w; ++j) {
-        s_at[j] += z[j] * z[j];
+        q_at[j] += z[j] * z[j];
       }
     }
-    group_totals(s_at, nb, K, S.q_sum.data());
+    group_totals(q_at, nb, K, S.q_sum.data());
+    S.scale.resize(nb);
+    S.scale_at.resize(w);
     for (int64_t j = 0; j < nb; ++j) {
-      theta[j] = euclidean_scale(L, S.q_sum[j]);  // here θ is the group's scale
+      S.scale[j] = euclidean_scale(L, S.q_sum[j]);
     }
-    spread();
+    spread(S.scale.data(), w, K, S.scale_at.data());
+    const T* __restrict scale_at = S.scale_at.data();
     for (int64_t o = 0; o < rows; ++o) {
       T* __restrict z = row(o);
       for (int64_t j = 0; j < w; ++j) {
-        z[j] = z[j] * theta_at[j];
+        z[j] = z[j] * scale_at[j];
       }
     }
   } else {
     S.c.resize(rows * w);
+    S.qc_at.assign(w, T(0));
+    S.qc_sum.resize(nb);
+    S.s_at.resize(w);
+    S.s_sum.resize(nb);
+    S.t3_at.resize(w);
+    S.t3_sum.resize(nb);
+    S.theta.resize(nb);
+    S.theta_at.resize(w);
+    T* __restrict qc_at = S.qc_at.data();
+    T* __restrict s_at = S.s_at.data();
+    T* __restrict t3_at = S.t3_at.data();
+    T* __restrict theta = S.theta.data();
+    T* __restrict theta_at = S.theta_at.data();
     for (int64_t o = 0; o < rows; ++o) {  // the Adam pass, then Σq and Σqc per column
       T* __restrict c = S.c.data() + o * w;
       adam_row(o, c);
       const T* __restrict z = row(o);
       for (int64_t j = 0; j < w; ++j) {
         const T q = z[j] * z[j];
-        s_at[j] += q;
-        t_at[j] += q * c[j];
+        q_at[j] += q;
+        qc_at[j] += q * c[j];
       }
     }
-    group_totals(s_at, nb, K, S.q_sum.data());
-    group_totals(t_at, nb, K, S.qc_sum.data());
+    group_totals(q_at, nb, K, S.q_sum.data());
+    group_totals(qc_at, nb, K, S.qc_sum.data());
     for (int64_t j = 0; j < nb; ++j) {
       theta[j] = newton_start(L, S.q_sum[j], S.qc_sum[j]);
     }
     for (int64_t step = 0; step < L.max_newton; ++step) {
-      spread();
+      spread(theta, w, K, theta_at);
       std::fill(s_at, s_at + w, T(0));
-      std::fill(t_at, t_at + w, T(0));
+      std::fill(t3_at, t3_at + w, T(0));
       for (int64_t o = 0; o < rows; ++o) {
         const T* __restrict z = row(o);
         const T* __restrict c = S.c.data() + o * w;
@@ -318,14 +393,14 @@ ALWAYS_INLINE void in_channel_block(const Layer<T>& L, const Block& b, Scratch<T
           const T r = T(1) / (c[j] + theta_at[j]);
           const T u = z[j] * z[j] * r * r;
           s_at[j] += u;
-          t_at[j] += u * r;
+          t3_at[j] += u * r;
         }
       }
-      group_totals(s_at, nb, K, S.q_sum.data());
-      group_totals(t_at, nb, K, S.qc_sum.data());
+      group_totals(s_at, nb, K, S.s_sum.data());
+      group_totals(t3_at, nb, K, S.t3_sum.data());
       bool converged = true;
       for (int64_t j = 0; j < nb; ++j) {
-        const T next = newton_step(L, theta[j], S.q_sum[j], S.qc_sum[j]);
+        const T next = newton_step(L, theta[j], S.s_sum[j], S.t3_sum[j]);
         converged &= std::abs(next - theta[j]) <= L.tolerance * next;
         theta[j] = next;
       }
@@ -333,7 +408,7 @@ ALWAYS_INLINE void in_channel_block(const Layer<T>& L, const Block& b, Scratch<T
         break;
       }
     }
-    spread();
+    spread(theta, w, K, theta_at);
     for (int64_t o = 0; o < rows; ++o) {
       T* __restrict z = row(o);
       const T* __restrict c = S.c.data() + o * w;
@@ -445,17 +520,13 @@ void add_blocks(int64_t layer, int64_t rows, int64_t cols, int64_t kernel, bool 
 }
 
 template <typename T>
-void step_group(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
-                at::TensorList steps, double lr, double beta1, double beta2, double weight_decay,
-                double eps, bool maximize, int64_t penalty, int64_t metric, int64_t group_by,
-                double lambda, int64_t max_newton, at::IntArrayRef group_sizes) {
-  const bool amsgrad = !max_exp_avg_sqs.empty();
+void step_group(const Group& group, const Options& options) {
+  const bool amsgrad = !group.max_exp_avg_sqs.empty();
   std::vector<Layer<T>> layers;
   std::vector<Block> blocks;
-  for (size_t i = 0; i < params.size(); ++i) {
-    const at::Tensor& p = params[i];
-    const at::Tensor& step_t = steps[i];
+  for (size_t i = 0; i < group.params.size(); ++i) {
+    const at::Tensor& p = group.params[i];
+    const at::Tensor& step_t = group.steps[i];
     // state["step"] += 1, then the bias corrections in double, as torch's AdamW
     double step;
     if (step_t.scalar_type() == at::kFloat) {
@@ -466,43 +537,44 @@ void step_group(at::TensorList params, at::TensorList grads, at::TensorList exp_
     if (p.numel() == 0) {
       continue;
     }
+    const double lr = options.lr, beta1 = options.beta1, beta2 = options.beta2;
     const double bias_correction1 = 1 - std::pow(beta1, step);
     const double bias_correction2 = 1 - std::pow(beta2, step);
     const double lerp_weight = 1 - beta1;
     const int64_t rows = p.size(0), cols = p.numel() / rows;
     const int64_t kernel = p.size(2) * p.size(3);
     // the group lasso's weight √p_g: of the weight's own groups, or as `group_sizes` says
-    const int64_t own_size = group_by == kInChannel ? rows * kernel : cols;
-    const int64_t group_size = group_sizes.empty() ? own_size : group_sizes[i];
-    const double step_size = lr * lambda;
+    const int64_t own_size = options.group_by == kInChannel ? rows * kernel : cols;
+    const int64_t group_size = group.group_sizes.empty() ? own_size : group.group_sizes[i];
+    const double step_size = lr * options.lambda;
     Layer<T> L;
     L.p = p.data_ptr<T>();
-    L.g = grads[i].data_ptr<T>();
-    L.m = exp_avgs[i].data_ptr<T>();
-    L.v = exp_avg_sqs[i].data_ptr<T>();
-    L.vmax = amsgrad ? max_exp_avg_sqs[i].data_ptr<T>() : nullptr;
+    L.g = group.grads[i].data_ptr<T>();
+    L.m = group.exp_avgs[i].data_ptr<T>();
+    L.v = group.exp_avg_sqs[i].data_ptr<T>();
+    L.vmax = amsgrad ? group.max_exp_avg_sqs[i].data_ptr<T>() : nullptr;
     L.rows = rows;
     L.cols = cols;
     L.kernel = kernel;
-    L.grad_sign = maximize ? T(-1) : T(1);
-    L.decay = T(1 - lr * weight_decay);
+    L.grad_sign = options.maximize ? T(-1) : T(1);
+    L.decay = T(1 - lr * options.weight_decay);
     L.lerp_small = std::abs(T(lerp_weight)) < T(0.5);
     L.lerp_coeff = L.lerp_small ? T(lerp_weight) : T(lerp_weight) - T(1);
     L.beta2 = T(beta2);
     L.sq_coeff = T(1 - beta2);
     L.bc2_sqrt = T(std::pow(bias_correction2, 0.5));
-    L.eps = T(eps);
+    L.eps = T(options.eps);
     L.neg_step = T(-(lr / bias_correction1));
-    L.threshold = T(penalty == kL1 ? step_size : step_size * std::sqrt(double(group_size)));
+    L.threshold = T(options.penalty == kL1 ? step_size : step_size * std::sqrt(double(group_size)));
     L.tolerance = T(std::pow(double(std::numeric_limits<T>::epsilon()), 0.5));
     L.tiny = T(1e-38);
-    L.penalty = penalty;
-    L.metric = metric;
-    L.group_by = group_by;
-    L.max_newton = max_newton;
-    const int64_t block_arrays = penalty == kGroupLasso && metric != kEuclidean ? 2 : 1;
+    L.penalty = options.penalty;
+    L.metric = options.metric;
+    L.group_by = options.group_by;
+    L.max_newton = options.max_newton;
+    const int64_t block_arrays = L.penalty == kGroupLasso && L.metric != kEuclidean ? 2 : 1;
     add_blocks(int64_t(layers.size()), rows, cols, kernel,
-               group_by == kInChannel && penalty == kGroupLasso,
+               L.group_by == kInChannel && L.penalty == kGroupLasso,
                kBlockBytes / (block_arrays * int64_t(sizeof(T))), blocks);
     layers.push_back(L);
   }
@@ -520,30 +592,33 @@ void step_group(at::TensorList params, at::TensorList grads, at::TensorList exp_
   });
 }
 
-void check(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-           at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList steps) {
+void check(const Group& group) {
+  const at::TensorList params = group.params;
   const size_t n = params.size();
-  TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n &&
-                  steps.size() == n && (max_exp_avg_sqs.empty() || max_exp_avg_sqs.size() == n),
+  TORCH_CHECK(group.grads.size() == n && group.exp_avgs.size() == n &&
+                  group.exp_avg_sqs.size() == n && group.steps.size() == n &&
+                  (group.max_exp_avg_sqs.empty() || group.max_exp_avg_sqs.size() == n),
               "adamw_prox_: every list needs one tensor per param");
+  TORCH_CHECK(group.group_sizes.empty() || group.group_sizes.size() == n,
+              "adamw_prox_: group_sizes needs one size per param, or none");
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     TORCH_CHECK(p.dim() == 4, "adamw_prox_: params must be 4-D");
     TORCH_CHECK(
         p.device().is_cpu() && p.is_contiguous() && p.scalar_type() == params[0].scalar_type(),
         "adamw_prox_: params must be contiguous CPU tensors of one dtype");
-    for (const at::Tensor* t : {&grads[i], &exp_avgs[i], &exp_avg_sqs[i]}) {
+    for (const at::Tensor* t : {&group.grads[i], &group.exp_avgs[i], &group.exp_avg_sqs[i]}) {
       TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->sizes() == p.sizes() &&
                       t->scalar_type() == p.scalar_type() && t->layout() == at::kStrided,
                   "adamw_prox_: gradients and state must be contiguous like their param");
     }
-    if (!max_exp_avg_sqs.empty()) {
-      const at::Tensor& t = max_exp_avg_sqs[i];
+    if (!group.max_exp_avg_sqs.empty()) {
+      const at::Tensor& t = group.max_exp_avg_sqs[i];
       TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.sizes() == p.sizes() &&
                       t.scalar_type() == p.scalar_type(),
                   "adamw_prox_: max_exp_avg_sq must be contiguous like its param");
     }
-    const at::Tensor& s = steps[i];
+    const at::Tensor& s = group.steps[i];
     TORCH_CHECK(s.device().is_cpu() && s.numel() == 1 &&
                     (s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble),
                 "adamw_prox_: steps must be one-element float CPU tensors");
@@ -551,30 +626,23 @@ void check(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
 }
 
 void adamw_prox_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                 at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
-                 at::TensorList steps, double lr, double beta1, double beta2,
-                 double weight_decay, double eps, bool maximize, int64_t penalty, int64_t metric,
-                 int64_t group_by, double lambda, int64_t max_newton,
+                 at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList steps,
+                 double lr, double beta1, double beta2, double weight_decay, double eps,
+                 bool maximize, c10::string_view penalty, c10::string_view metric,
+                 c10::string_view group_by, double lambda, int64_t max_newton,
                  at::IntArrayRef group_sizes) {
+  const Penalty penalty_code = code_of("penalty", penalty, kPenalties);
+  const Metric metric_code = code_of("metric", metric, kMetrics);
+  const GroupBy group_by_code = code_of("group_by", group_by, kGroupBys);
+  const Options options{lr,           beta1,       beta2,         weight_decay, eps,       maximize,
+                        penalty_code, metric_code, group_by_code, lambda,       max_newton};
+  const Group group{params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, group_sizes};
   if (params.empty()) {
     return;
   }
-  check(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps);
-  TORCH_CHECK(group_sizes.empty() || group_sizes.size() == params.size(),
-              "adamw_prox_: group_sizes needs one size per param, or none");
-  TORCH_CHECK(penalty == kGroupLasso || penalty == kL1, "adamw_prox_: unknown penalty");
-  TORCH_CHECK(metric >= kEuclidean && metric <= kUncorrected, "adamw_prox_: unknown metric");
-  TORCH_CHECK(group_by == kInChannel || group_by == kOutChannel, "adamw_prox_: unknown group_by");
-  if (params[0].scalar_type() == at::kFloat) {
-    step_group<float>(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1,
-                      beta2, weight_decay, eps, maximize, penalty, metric, group_by, lambda,
-                      max_newton, group_sizes);
-  } else {
-    TORCH_CHECK(params[0].scalar_type() == at::kDouble, "adamw_prox_: float32 or float64 only");
-    step_group<double>(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1,
-                       beta2, weight_decay, eps, maximize, penalty, metric, group_by, lambda,
-                       max_newton, group_sizes);
-  }
+  check(group);
+  AT_DISPATCH_FLOATING_TYPES(params[0].scalar_type(), "adamw_prox_",
+                             [&] { step_group<scalar_t>(group, options); });
 }
 
 }  // namespace
@@ -583,7 +651,7 @@ TORCH_LIBRARY(lightning_mtl, m) {
   m.def(
       "adamw_prox_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] steps, float lr, "
-      "float beta1, float beta2, float weight_decay, float eps, bool maximize, int penalty, "
-      "int metric, int group_by, float lambda_, int max_newton_steps, int[] group_sizes) -> ()",
+      "float beta1, float beta2, float weight_decay, float eps, bool maximize, str penalty, "
+      "str metric, str group_by, float lambda_, int max_newton_steps, int[] group_sizes) -> ()",
       &adamw_prox_);
 }

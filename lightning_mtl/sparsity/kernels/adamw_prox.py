@@ -40,9 +40,8 @@ SOURCE = Path(__file__).with_name("adamw_prox.cpp")
 CFLAGS = ("-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off")
 LDFLAGS = ("-fopenmp",)
 #: the penalties the kernel implements, by name, with the operator each must still be bound to
-PENALTIES = {"group_lasso": (0, group_lasso), "l1": (1, l1)}
-METRICS = {"euclidean": 0, "adaptive": 1, "uncorrected": 2}
-GROUP_BYS = {"in_channel": 0, "out_channel": 1}
+#: (the kernel takes penalty, metric and grouping by name and maps them to its own codes)
+PENALTIES = {"group_lasso": group_lasso, "l1": l1}
 DTYPES = (torch.float32, torch.float64)
 
 
@@ -135,7 +134,7 @@ def _summary(error: BaseException) -> str:
 
 def penalty_unsupported(name: str, operator: object) -> str | None:
     """Why the kernel cannot apply `penalty=name` (bound to `operator`), or None."""
-    if PENALTIES.get(name, (None, None))[1] is not operator:
+    if PENALTIES.get(name) is not operator:
         return f"penalty {name!r} is a registered prox operator the compiled kernel does not have"
     return None
 
@@ -194,9 +193,9 @@ def adamw_prox_(
         weight_decay,
         eps,
         maximize,
-        PENALTIES[penalty][0],
-        METRICS[metric],
-        GROUP_BYS[group_by],
+        penalty,
+        metric,
+        group_by,
         lambda_,
         max_newton_steps,
         list(group_sizes),

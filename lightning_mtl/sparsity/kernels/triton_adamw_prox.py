@@ -35,8 +35,6 @@ DTYPES = (torch.float32, torch.float64)
 #: about `TILE_WIDTH` contiguous elements (≥ 128 bytes per row segment in float32)
 TILE_ELEMENTS = 1024
 TILE_WIDTH = 64
-_PENALTIES = {"group_lasso": 0, "l1": 1}
-_METRICS = {"euclidean": 0, "adaptive": 1, "uncorrected": 2}
 
 
 def interpreter_enabled() -> bool:
@@ -206,8 +204,8 @@ def adamw_prox_(
             table[offset : offset + len(tiles)],
             max_newton_steps,
             DTYPE=tp.DTYPES[dtype],
-            PENALTY=_PENALTIES[penalty],
-            METRIC=_METRICS[metric],
+            PENALTY=tp.PENALTIES.index(penalty),
+            METRIC=tp.METRICS.index(metric),
             AMSGRAD=bool(max_exp_avg_sqs),
             LERP_SMALL=abs(1 - betas[0]) < 0.5,
             BLOCK_R=block_r,

@@ -30,6 +30,9 @@ from triton.runtime.interpreter import InterpretedFunction
 INTS_PER_WEIGHT = tl.constexpr(10)
 LAUNCH_CONSTANTS = tl.constexpr(8)
 FLOATS_PER_WEIGHT = tl.constexpr(3)
+#: the penalties and metrics by their code in the program (PENALTY, METRIC): the position here
+PENALTIES = ("group_lasso", "l1")
+METRICS = ("euclidean", "adaptive", "uncorrected")
 #: Triton's dtype of each weight dtype the program takes
 DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
@@ -56,8 +59,8 @@ def adamw_prox_program(
     tiles_ptr,
     max_newton,
     DTYPE: tl.constexpr,  # Triton spells its compile-time constants in capitals
-    PENALTY: tl.constexpr,  # 0 group lasso, 1 l1
-    METRIC: tl.constexpr,  # 0 euclidean, 1 adaptive, 2 uncorrected
+    PENALTY: tl.constexpr,  # its position in PENALTIES
+    METRIC: tl.constexpr,  # its position in METRICS
     AMSGRAD: tl.constexpr,
     LERP_SMALL: tl.constexpr,  # 1 − β₁ < 0.5: which of torch's lerp formulas
     BLOCK_R: tl.constexpr,

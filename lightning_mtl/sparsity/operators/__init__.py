@@ -1,8 +1,8 @@
 """Prox operators, one file per penalty; `penalty=NAME` picks one by its registered name.
 
-Add one: a file with a function `(z, d, step_size, group_by) -> Tensor` decorated with
-`@register_prox_operator("name")` (see `registry.ProxOperator`), imported before the optimizer
-is built. Built in: `group_lasso` (the papers') and `l1` (the unstructured baseline).
+Add one: a file with a function `(z, d, step_size, group_by, group_size=None) -> Tensor`
+decorated with `@register_prox_operator("name")` (see `registry.ProxOperator`), imported before
+the optimizer is built. Built in: `group_lasso` (the papers') and `l1` (the unstructured baseline).
 """
 
 from lightning_mtl.sparsity.operators.group_lasso import (
