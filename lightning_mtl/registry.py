@@ -1,16 +1,18 @@
 """`Registry`: the one way things are chosen by name (tasks, weightings, heads, backbones, prox
-operators, dataset formats).
+operators, dataset formats); `check_choice`: the one check of an option fixed by a `Literal`.
 
 Each registry maps names to entries (classes, functions or objects), refuses to bind a taken
-name to something else, and answers an unknown name with an error that lists the choices.
+name to something else, and answers an unknown name with an error that lists the choices. An
+option whose values are fixed (`prox_metric`, `group_by`, …) is typed with a `Literal`, which
+states them once: for the type checker, the command-line parser and `check_choice` alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar, get_args, get_origin
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "check_choice"]
 
 T = TypeVar("T")
 
@@ -81,3 +83,16 @@ class Registry(Mapping[str, T], Generic[T]):
 
 def _describe(entry: object) -> str:
     return getattr(entry, "__qualname__", None) or repr(entry)
+
+
+def check_choice(name: str, value: object, choices: Any) -> None:
+    """A `ValueError` naming option `name`, its `value` and the allowed values unless `value` is
+    one of the `Literal` type `choices` (e.g. `check_choice("group_by", group_by, GroupBy)`).
+
+    Python callers bypass the parser's check of a `Literal`-typed option; this one catches them.
+    """
+    if get_origin(choices) is not Literal:
+        raise TypeError(f"the choices of {name} must be a Literal type, got {choices!r}")
+    allowed = get_args(choices)
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {list(allowed)}")

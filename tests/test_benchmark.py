@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import itertools
 import json
+from typing import get_args
 
 import pytest
 import torch
 import yaml
 
-from lightning_mtl.benchmarks.main import PARTS, expected_meta_ratio, main, parse_meta_config
+from lightning_mtl.benchmarks.main import (
+    PARTS,
+    Part,
+    expected_meta_ratio,
+    main,
+    parse_meta_config,
+)
 from lightning_mtl.benchmarks.prox import CASES, kernels_on, peak_bandwidth, tabulated_bandwidth
 from lightning_mtl.benchmarks.timing import interleaved_ms, latency_ms, median_ms
 from tests.helpers import torch_threads
@@ -20,7 +27,7 @@ def test_bench_reports_the_prox_cost_the_data_pipeline_and_compaction(capsys, tm
     tiny = ["--backbone", "resnet18", "--image_size", "32", "--head_channels", "8"]
     data = ["--data_size", "[32, 48]", "--data_workers", "0", "--data_images", "16"]
     plot = tmp_path / "latency.png"
-    parts = ["--parts", "prox,data,compaction"]  # meta: its own test
+    parts = ["--parts", "prox", "data", "compaction"]  # meta: its own test
     timing = ["--rounds", "1", "--min_run_time", "0.05"]
     result = main(
         [*parts, *tiny, *data, "--plot", str(plot), *timing, "--json", str(tmp_path / "r.json")]
@@ -287,14 +294,25 @@ def test_latency_times_each_model_in_inference_mode_in_alternation():
 
 def test_bench_options_come_from_a_config_file(tmp_path, capsys):
     config = tmp_path / "bench.yaml"
-    config.write_text("parts: meta\nmeta_configs: [2x1fo]\nmeta_layers: [2, 1, 1, 1]\n")
+    config.write_text("parts: [meta]\nmeta_configs: [2x1fo]\nmeta_layers: [2, 1, 1, 1]\n")
     with pytest.raises(SystemExit) as exit_info:
         main(["--config", str(config), "--meta_rounds", "4", "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["parts"] == "meta" and printed["meta_configs"] == ["2x1fo"]
+    assert printed["parts"] == ["meta"] and printed["meta_configs"] == ["2x1fo"]
     assert printed["meta_layers"] == [2, 1, 1, 1] and printed["meta_rounds"] == 4
     assert printed["data_size"] == [288, 384] and printed["min_run_time"] == 1.0
-    with pytest.raises(SystemExit):
-        main(["--parts", "prox,gpu"])
-    assert "unknown parts ['gpu']" in capsys.readouterr().err
+
+
+def test_parts_are_one_or_more_names_checked_by_the_parser(capsys):
+    assert list(PARTS) == list(get_args(Part))  # every part runs, in the order of `Part`
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--parts", "meta", "backbones", "--print_config"])
+    assert exit_info.value.code == 0
+    assert yaml.safe_load(capsys.readouterr().out)["parts"] == ["meta", "backbones"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--parts", "prox", "gpu"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert 'Parser key "parts"' in error and "Got value: gpu" in error
+    assert "'train_compaction'" in error  # the error lists the parts

@@ -254,3 +254,15 @@ def test_compact_command_saves_and_exports_an_equivalent_smaller_model(
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-4)
     params = sum(p.numel() for p in compacted.parameters())
     assert params < sum(p.numel() for p in module.model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("option", "allowed"),
+    [("prox_metric", "'adaptive', 'euclidean', 'uncorrected'"), ("group_by", "'in_channel'")],
+)
+def test_a_bad_optimizer_choice_fails_at_parsing_listing_the_choices(option, allowed, capsys):
+    config = str(ROOT / "experiments" / "synthetic.yaml")
+    bad = [f"--model.optimizer.init_args.{option}", "bogus", "--print_config"]
+    code, _, err = _exit(capsys, ["fit", "--config", config, *bad])
+    assert code == 2
+    assert f'Parser key "{option}"' in err and "Got value: bogus" in err and allowed in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from datamodules.celebamask import write_synthetic_celebamask
+from datamodules.check import DATASET_CHECKERS, DatasetChecker
 from datamodules.nyuv2 import write_synthetic_nyuv2
 from lightning_mtl.cli.main import main
 
@@ -56,3 +57,24 @@ def test_nyud_mt_without_a_test_list_is_a_note_not_a_problem(tmp_path, capsys):
     assert code == 0
     assert f"note: {root}: no {root / 'gt_sets' / 'test.txt'}; the test split is the val" in out
     assert "no problems found" in out
+
+
+def test_an_unknown_dataset_is_a_usage_error_listing_the_registered_ones(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "check", "--data", "nyu", "--root", str(tmp_path)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "unknown dataset 'nyu'; choose one of ['nyuv2', 'celebamask', 'manifest']" in error
+
+
+def test_a_registered_checker_is_run_by_name(tmp_path, capsys):
+    def problems(root: str, format: str, columns: object) -> list[str]:
+        return [f"{root}: empty ({format})"]
+
+    DATASET_CHECKERS.register("mine", DatasetChecker(problems))
+    try:
+        code, out = _check(capsys, "--data", "mine", "--root", str(tmp_path))
+    finally:
+        DATASET_CHECKERS.unregister("mine")
+    assert code == 1
+    assert f"problem: {tmp_path}: empty (auto)" in out.replace("\n", "")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 
 from lightning_mtl import (
@@ -13,7 +15,7 @@ from lightning_mtl import (
 )
 from lightning_mtl.models.backbone import BACKBONES
 from lightning_mtl.models.heads import HEADS
-from lightning_mtl.registry import Registry
+from lightning_mtl.registry import Registry, check_choice
 from lightning_mtl.sparsity.operators import PROX_OPERATORS
 from lightning_mtl.tasks import TASK_REGISTRY
 from lightning_mtl.weighting import WEIGHTINGS
@@ -65,3 +67,12 @@ def test_every_choice_by_name_is_a_registry(registry, lister, builtin):
     assert set(builtin) <= set(lister()) and lister() == registry.names()
     with pytest.raises(ValueError, match=r"choose one of \["):
         registry.get("no-such-name")
+
+
+def test_check_choice_names_the_option_the_value_and_the_literals_values():
+    Colour = Literal["red", "green"]
+    check_choice("colour", "green", Colour)
+    with pytest.raises(ValueError, match=r"unknown colour 'blue'; allowed: \['red', 'green'\]"):
+        check_choice("colour", "blue", Colour)
+    with pytest.raises(TypeError, match="must be a Literal type"):
+        check_choice("colour", "red", ("red", "green"))

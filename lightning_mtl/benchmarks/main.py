@@ -31,14 +31,14 @@ from rich.console import Console
 
 from lightning_mtl.benchmarks import backbones, compaction, data, meta, prox, train_compaction
 from lightning_mtl.benchmarks.meta import expected_meta_ratio, parse_meta_config
-from lightning_mtl.benchmarks.options import BenchOptions
+from lightning_mtl.benchmarks.options import DEFAULT_PARTS, BenchOptions, Part
 
-__all__ = ["PARTS", "BenchOptions", "expected_meta_ratio", "main", "parse_meta_config"]
+__all__ = ["PARTS", "BenchOptions", "Part", "expected_meta_ratio", "main", "parse_meta_config"]
 
 #: part name → its `run(options, device, console)`, which prints the part's table and returns
 #: the entries it adds to `main`'s result: its raw measurements and its figures, one top-level
 #: key each (what `--json` writes)
-PARTS: dict[str, Callable[[BenchOptions, torch.device, Console], dict]] = {
+PARTS: dict[Part, Callable[[BenchOptions, torch.device, Console], dict]] = {
     "prox": prox.run,
     "data": data.run,
     "compaction": compaction.run,
@@ -53,18 +53,25 @@ def main(argv: Sequence[str] | None = None) -> dict:
     order, print a table per part and return every part's numbers."""
     parser = ArgumentParser(prog="lightning-mtl bench", description=__doc__.split("\n")[0])
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML of these options")
-    parser.add_class_arguments(BenchOptions)
+    # `parts` as a list option would need brackets (`--parts '[prox]'`); as one or more values
+    # it reads `--parts prox compaction`, and a config file's `parts: [prox, compaction]`
+    parser.add_class_arguments(BenchOptions, skip={"parts"})
+    parser.add_argument(
+        "--parts",
+        type=Part,
+        nargs="+",
+        metavar="PART",
+        default=list(DEFAULT_PARTS),
+        help=f"one or more parts to run (`--parts prox compaction`); they run in the order "
+        f"{', '.join(PARTS)}",
+    )
     config = parser.parse_args(argv)
     options = BenchOptions(**{f.name: config[f.name] for f in dataclasses.fields(BenchOptions)})
-    parts = options.parts.split(",")
-    unknown = set(parts) - set(PARTS)
-    if unknown:
-        parser.error(f"unknown parts {sorted(unknown)}; the parts are {list(PARTS)}")
     device = torch.device(options.device)
     console = Console()
     result: dict = {}
     for name, run in PARTS.items():
-        if name in parts:
+        if name in options.parts:
             result.update(run(options, device, console))
     if options.json:
         Path(options.json).write_text(json.dumps(result, indent=2, default=float) + "\n")

@@ -10,14 +10,19 @@ import torch
 #: the tasks of every part's model (NYU-v2's seg, depth, normal) and their output channels
 TASKS: dict[str, int] = {"seg": 13, "depth": 1, "normal": 3}
 
+#: what `lightning-mtl bench` can measure, in the order it runs them (`main.PARTS`: their code)
+Part = Literal["prox", "data", "compaction", "meta", "backbones", "train_compaction"]
+#: the parts a plain `lightning-mtl bench` (and `make bench`) runs
+DEFAULT_PARTS: tuple[Part, ...] = ("prox", "data", "compaction", "meta")
+
 
 @dataclass
 class BenchOptions:
     """`lightning-mtl bench` options (`--config FILE`, `--print_config`).
 
     Args:
-        parts: comma-separated parts to run (prox, data, compaction, meta, backbones,
-            train_compaction).
+        parts: the parts to run (`--parts prox compaction`; always in `Part`'s order): prox,
+            data, compaction, meta, backbones, train_compaction.
         backbone: the dilated ResNet of the prox, data and compaction parts, and the reference
             of the backbones part.
         image_size: side of the square inputs.
@@ -58,7 +63,7 @@ class BenchOptions:
             …), next to its raw measurements (`optimizer_step`, `compaction`, …).
     """
 
-    parts: str = "prox,data,compaction,meta"
+    parts: list[Part] = field(default_factory=lambda: list(DEFAULT_PARTS))
     backbone: str = "resnet50"
     image_size: int = 256
     batch_size: int = 2

@@ -10,6 +10,7 @@ are not part of the model (no parameters, no MACs, no state-dict keys).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, fx, nn
@@ -17,12 +18,14 @@ from torchvision.models import convnext, efficientnet, mobilenetv2, mobilenetv3,
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from lightning_mtl.models.multitask import at_input_size
+from lightning_mtl.registry import check_choice
 
-__all__ = ["BLOCKS", "TAP_OUTPUTS", "LayerOptimizedModel", "TruncatedBackbone"]
+__all__ = ["BLOCKS", "TAP_OUTPUTS", "LayerOptimizedModel", "TapOutput", "TruncatedBackbone"]
 
 #: What a tap reads: the raw output of its conv (before BN/ReLU, as the LOMT authors did), or the
 #: output of the residual block holding the conv.
-TAP_OUTPUTS: tuple[str, ...] = ("conv", "block")
+TapOutput = Literal["conv", "block"]
+TAP_OUTPUTS: tuple[str, ...] = get_args(TapOutput)
 #: the residual/building blocks whose output `tap_output="block"` reads (the torchvision families')
 BLOCKS: tuple[type[nn.Module], ...] = (
     resnet.BasicBlock,
@@ -57,12 +60,11 @@ class TruncatedBackbone(nn.Module):
         out_channels: channels of each tap's features.
     """
 
-    def __init__(self, backbone: nn.Module, taps: Sequence[str], tap_output: str = "conv") -> None:
+    def __init__(
+        self, backbone: nn.Module, taps: Sequence[str], tap_output: TapOutput = "conv"
+    ) -> None:
         super().__init__()
-        if tap_output not in TAP_OUTPUTS:
-            raise ValueError(
-                f"unknown tap_output {tap_output!r}; choose one of {list(TAP_OUTPUTS)}"
-            )
+        check_choice("tap_output", tap_output, TapOutput)
         if isinstance(taps, str):
             taps = [taps]
         taps = list(dict.fromkeys(taps))

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from typing import Literal
 
 import torch
 from torch import Tensor
 
+from lightning_mtl.registry import check_choice
 from lightning_mtl.sparsity.groups import group_size, group_sum
 from lightning_mtl.sparsity.operators import group_lasso_euclidean
 
-INNER_SPARSITY: tuple[str, ...] = ("prox", "penalty")
+#: How an inner step treats λΩ: its prox after the gradient step, or its gradient added to it.
+InnerSparsity = Literal["prox", "penalty"]
 
 Params = dict[str, Tensor]
 
@@ -46,7 +49,7 @@ def adapt(
     lambdas: Mapping[str, Tensor],
     steps: int,
     lr: float,
-    sparsity: str = "prox",
+    sparsity: InnerSparsity = "prox",
     first_order: bool = False,
     group_by: str = "in_channel",
 ) -> tuple[Params, list[Tensor]]:
@@ -59,8 +62,7 @@ def adapt(
     gradients, dropping the Hessian terms, but keeps λ's path through the prox threshold or the
     penalty gradient, which is all the signal λ gets.
     """
-    if sparsity not in INNER_SPARSITY:
-        raise ValueError(f"unknown inner sparsity {sparsity!r}; allowed: {list(INNER_SPARSITY)}")
+    check_choice("sparsity", sparsity, InnerSparsity)
     phi = dict(params)
     losses: list[Tensor] = []
     for _ in range(steps):

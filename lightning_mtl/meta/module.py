@@ -13,9 +13,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lightning_mtl.meta.inner_loop import INNER_SPARSITY, adapt, group_lasso
+from lightning_mtl.meta.inner_loop import InnerSparsity, adapt, group_lasso
 from lightning_mtl.modules.base import MultiTaskModuleBase
 from lightning_mtl.modules.multitask import MultiTaskLightningModule
+from lightning_mtl.registry import check_choice
 from lightning_mtl.sparsity import GroupSparsity, ProxAdamW
 from lightning_mtl.sparsity.config import ProxMetric
 from lightning_mtl.sparsity.groups import GroupBy
@@ -25,7 +26,6 @@ from lightning_mtl.tasks import Task
 
 #: Where the outer loss gets an explicit λ·Ω term (see `MetaSparsityModule`).
 ExplicitPenalty = Literal["none", "meta", "adapted"]
-EXPLICIT_PENALTIES: tuple[str, ...] = ExplicitPenalty.__args__
 
 #: One meta-task of a meta-batch: its task keys and a support and a query batch.
 MetaTask = Mapping[str, Any]
@@ -87,7 +87,7 @@ class MetaSparsityModule(MultiTaskModuleBase):
         per_layer_lambda: bool = False,
         inner_steps: int = 1,
         inner_lr: float = 1e-2,
-        inner_sparsity: Literal["prox", "penalty"] = "prox",
+        inner_sparsity: InnerSparsity = "prox",
         first_order: bool = False,
         explicit_penalty: ExplicitPenalty = "none",
         optimizer: OptimizerCallable = ProxAdamW,
@@ -355,13 +355,7 @@ def _check_meta_options(
         raise ValueError(f"inner_steps (K) must be an int >= 1, got {inner_steps!r}")
     if not inner_lr > 0:
         raise ValueError(f"inner_lr must be > 0, got {inner_lr!r}")
-    if inner_sparsity not in INNER_SPARSITY:
-        raise ValueError(
-            f"unknown inner_sparsity {inner_sparsity!r}; allowed: {list(INNER_SPARSITY)}"
-        )
+    check_choice("inner_sparsity", inner_sparsity, InnerSparsity)
     if not rho_lr >= 0:
         raise ValueError(f"rho_lr must be >= 0 (0 keeps λ fixed), got {rho_lr!r}")
-    if explicit_penalty not in EXPLICIT_PENALTIES:
-        raise ValueError(
-            f"unknown explicit_penalty {explicit_penalty!r}; allowed: {list(EXPLICIT_PENALTIES)}"
-        )
+    check_choice("explicit_penalty", explicit_penalty, ExplicitPenalty)

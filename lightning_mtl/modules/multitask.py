@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -11,8 +11,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lightning_mtl.callbacks import ProxWarmup, ResetOptimizerState
-from lightning_mtl.lomt.model import TAP_OUTPUTS
+from lightning_mtl.lomt.model import TapOutput
 from lightning_mtl.modules.base import MultiTaskModuleBase
+from lightning_mtl.registry import check_choice
 from lightning_mtl.sparsity import GroupSparsity, ProxAdamW
 from lightning_mtl.sparsity.config import ProxMetric
 from lightning_mtl.sparsity.groups import GroupBy
@@ -88,7 +89,7 @@ class MultiTaskLightningModule(MultiTaskModuleBase):
         prox_start_epoch: int = 0,
         param_groups: dict[str, dict[str, float]] | None = None,
         taps: dict[str, str] | None = None,
-        tap_output: Literal["conv", "block"] = "conv",
+        tap_output: TapOutput = "conv",
         reset_optimizer_every_epoch: bool = False,
     ) -> None:
         sparsity = GroupSparsity(
@@ -100,10 +101,7 @@ class MultiTaskLightningModule(MultiTaskModuleBase):
             start_epoch=prox_start_epoch,
             layers=sparse_layers,
         )
-        if tap_output not in TAP_OUTPUTS:
-            raise ValueError(
-                f"unknown tap_output {tap_output!r}; choose one of {list(TAP_OUTPUTS)}"
-            )
+        check_choice("tap_output", tap_output, TapOutput)
         super().__init__(
             tasks,
             targets,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
-from lightning_mtl.sparsity.groups import GROUP_BY, GroupBy
+from lightning_mtl.registry import check_choice
+from lightning_mtl.sparsity.groups import GroupBy
 from lightning_mtl.sparsity.operators import PROX_OPERATORS
 
 __all__ = ["PROX_METRICS", "GroupSparsity", "ProxMetric"]
@@ -15,7 +16,7 @@ __all__ = ["PROX_METRICS", "GroupSparsity", "ProxMetric"]
 ProxMetric = Literal["adaptive", "euclidean", "uncorrected"]
 #: the metric the prox is taken in: Adam's √v̂ + ε (`adaptive`), the identity (`euclidean`), or
 #: the reference code's √v + ε without bias correction (`uncorrected`, a stronger prox)
-PROX_METRICS: tuple[str, ...] = ("adaptive", "euclidean", "uncorrected")
+PROX_METRICS: tuple[str, ...] = get_args(ProxMetric)
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,9 @@ class GroupSparsity:
             self.lambda_ < 0
         ):
             raise ValueError(f"lambda_ must be >= 0 (0 = dense), got {self.lambda_!r}")
-        if self.prox_metric not in PROX_METRICS:
-            raise ValueError(
-                f"unknown prox_metric {self.prox_metric!r}; allowed: {list(PROX_METRICS)}"
-            )
+        check_choice("prox_metric", self.prox_metric, ProxMetric)
         PROX_OPERATORS.get(self.penalty)  # the error lists the registered penalties
-        if self.group_by not in GROUP_BY:
-            raise ValueError(f"unknown group_by {self.group_by!r}; allowed: {list(GROUP_BY)}")
+        check_choice("group_by", self.group_by, GroupBy)
         if self.start_epoch < 0:
             raise ValueError(f"prox_start_epoch must be >= 0, got {self.start_epoch}")
         negative = {n: v for n, v in (self.layer_lambdas or {}).items() if not v >= 0}

@@ -24,20 +24,16 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from lightning_mtl.registry import check_choice
+
 GroupBy = Literal["in_channel", "out_channel"]
-GROUP_BY: tuple[str, ...] = ("in_channel", "out_channel")
 
 NamedWeights = list[tuple[str, Tensor]]
 
 
-def check_group_by(group_by: str) -> None:
-    if group_by not in GROUP_BY:
-        raise ValueError(f"unknown group_by {group_by!r}; allowed: {list(GROUP_BY)}")
-
-
 def reduce_dims(group_by: str) -> tuple[int, ...]:
     """Dims of a [O, I, kh, kw] weight summed over inside one group."""
-    check_group_by(group_by)
+    check_choice("group_by", group_by, GroupBy)
     return (0, 2, 3) if group_by == "in_channel" else (1, 2, 3)
 
 
@@ -107,7 +103,7 @@ def group_sum(x: Tensor, group_by: str) -> Tensor:
     Input-channel groups reduce over the outer dim, done as a matrix-vector product over the
     contiguous rows: several times faster on CPU than a strided `sum(dim=(0, 2, 3))`.
     """
-    check_group_by(group_by)
+    check_choice("group_by", group_by, GroupBy)
     out_ch, in_ch = x.shape[:2]
     if group_by == "out_channel":
         return x.reshape(out_ch, -1).sum(1).view(out_ch, 1, 1, 1)

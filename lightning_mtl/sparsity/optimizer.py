@@ -12,9 +12,10 @@ import torch
 from torch import Tensor
 from torch.optim.adamw import adamw
 
+from lightning_mtl.registry import check_choice
 from lightning_mtl.sparsity import kernels
-from lightning_mtl.sparsity.config import PROX_METRICS
-from lightning_mtl.sparsity.groups import check_group_by
+from lightning_mtl.sparsity.config import ProxMetric
+from lightning_mtl.sparsity.groups import GroupBy
 from lightning_mtl.sparsity.operators import PROX_OPERATORS
 from lightning_mtl.sparsity.operators.group_lasso import MAX_NEWTON_STEPS
 
@@ -24,7 +25,6 @@ PROX_BLOCK_ELEMENTS = 1 << 19
 _GROUP_DIM = {"in_channel": 1, "out_channel": 0}
 
 Kernel = Literal["auto", "compiled", "triton", "eager"]
-KERNELS: tuple[str, ...] = ("auto", "compiled", "triton", "eager")
 
 
 class ProxAdamW(torch.optim.AdamW):
@@ -78,16 +78,15 @@ class ProxAdamW(torch.optim.AdamW):
         eps: float = 1e-6,
         weight_decay: float = 0.0,
         lambda_: float = 0.0,
-        prox_metric: str = "adaptive",
-        group_by: str = "in_channel",
+        prox_metric: ProxMetric = "adaptive",
+        group_by: GroupBy = "in_channel",
         penalty: str = "group_lasso",
         amsgrad: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
         kernel: Kernel = "auto",
     ) -> None:
-        if kernel not in KERNELS:
-            raise ValueError(f"unknown kernel {kernel!r}; allowed: {list(KERNELS)}")
+        check_choice("kernel", kernel, Kernel)
         self.kernel = kernel
         self._prox_defaults = {
             "lambda_": lambda_,
@@ -384,9 +383,6 @@ def _check_prox_options(group: dict[str, Any]) -> None:
         lam = float(lam)
     if not math.isfinite(lam) or lam < 0:
         raise ValueError(f"lambda_ must be a finite number >= 0, got {group['lambda_']!r}")
-    if group["prox_metric"] not in PROX_METRICS:
-        raise ValueError(
-            f"unknown prox_metric {group['prox_metric']!r}; allowed: {list(PROX_METRICS)}"
-        )
+    check_choice("prox_metric", group["prox_metric"], ProxMetric)
     PROX_OPERATORS.get(group["penalty"])  # the error lists the registered penalties
-    check_group_by(group["group_by"])
+    check_choice("group_by", group["group_by"], GroupBy)
