@@ -1,4 +1,4 @@
-"""What identifies a run, and one run taken to completion.
+"""What identifies a run, and what a run taken to completion wrote.
 
 `run_fields` reads the fields a sweep varies (dataset, tasks, λ, penalty, seed) from a run's
 config: W&B gets them as flat config fields to group by, the report groups run folders by them,

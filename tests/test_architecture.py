@@ -1,13 +1,17 @@
 """The import structure of `lightning_mtl/` and `datamodules/`: no cycle, layers go one way.
 
-Every import counts, at module level or inside a function (a function-level import hides a
-cycle, it does not remove it). Importing `a.b.c` from outside package `a.b` also runs `a/__init__`
-and `a/b/__init__`, so those count as imported too.
+Every import that can run counts, at module level or inside a function (a function-level import
+hides a cycle, it does not remove it); imports under `if TYPE_CHECKING:` never run and do not.
+Importing `a.b.c` from outside package `a.b` also runs `a/__init__` and `a/b/__init__`, so those
+count as imported too. A package re-export imported on first use (`lightning_mtl._lazy`) is named
+by a string in its `__init__`, not imported there: `from a import Name` counts as importing the
+module `Name` comes from.
 """
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,8 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("lightning_mtl", "datamodules")
 
 #: Layers, lowest first; a module may import its own layer or a lower one. The longest matching
-#: prefix decides; package `__init__` files only re-export and are checked for cycles alone.
+#: prefix decides. A package `__init__` runs whenever any module of the package is imported, so
+#: it takes the lowest layer of the modules inside it.
 LAYERS: dict[str, int] = {
+    "lightning_mtl._lazy": 0,
     "lightning_mtl.registry": 0,
     "lightning_mtl.targets": 0,
     "lightning_mtl.tasks": 1,
@@ -30,7 +36,6 @@ LAYERS: dict[str, int] = {
     "lightning_mtl.meta.inner_loop": 1,
     "lightning_mtl.runs": 1,
     "lightning_mtl.reporting": 1,
-    "lightning_mtl.figures": 1,
     "lightning_mtl.tables": 1,
     "lightning_mtl.modules": 2,
     "lightning_mtl.callbacks": 2,
@@ -75,23 +80,60 @@ def _is_package(name: str) -> bool:
     return MODULES[name].name == "__init__.py"
 
 
-def _imports(name: str) -> set[str]:
-    """Every in-project module `name` imports, anywhere in the file."""
-    tree = ast.parse(MODULES[name].read_text(), str(MODULES[name]))
-    package = name if _is_package(name) else name.rpartition(".")[0]
+def _tree(name: str) -> ast.Module:
+    return ast.parse(MODULES[name].read_text(), str(MODULES[name]))
+
+
+def _is_type_checking_block(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and ast.unparse(node.test) in {
+        "TYPE_CHECKING",
+        "typing.TYPE_CHECKING",
+    }
+
+
+def _import_statements(node: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    """The import statements under `node` that can run (not those under `if TYPE_CHECKING:`)."""
+    if isinstance(node, ast.Import | ast.ImportFrom):
+        yield node
+    for child in ast.iter_child_nodes(node):
+        for statement in child.orelse if _is_type_checking_block(child) else [child]:
+            yield from _import_statements(statement)
+
+
+def _lazy_exports(name: str) -> dict[str, str]:
+    """Name → source module of what a package `__init__` re-exports on first use."""
+    for node in ast.walk(_tree(name)):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "lazy_exports":
+            exports: dict[str, list[str]] = ast.literal_eval(node.args[1])
+            return {n: module for module, names in exports.items() for n in names}
+    return {}
+
+
+LAZY_EXPORTS = {name: _lazy_exports(name) for name in MODULES if _is_package(name)}
+
+
+def _imports_in(tree: ast.Module, package: str) -> set[str]:
+    """Every in-project module the code `tree` of a module in `package` imports, anywhere in the
+    file, lazy re-exports resolved to the modules they come from."""
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _import_statements(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")
-                anchor = anchor[: len(anchor) - node.level + 1]
-                base = ".".join([*anchor, base] if base else anchor)
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)
+            continue
+        base = node.module or ""
+        if node.level:
+            anchor = package.split(".")
+            anchor = anchor[: len(anchor) - node.level + 1]
+            base = ".".join([*anchor, base] if base else anchor)
+        found.add(base)
+        found.update(f"{base}.{alias.name}" for alias in node.names)
+        lazy = LAZY_EXPORTS.get(base, {})
+        found.update(lazy[alias.name] for alias in node.names if alias.name in lazy)
     return {m for m in found if m in MODULES}
+
+
+def _imports(name: str) -> set[str]:
+    return _imports_in(_tree(name), name if _is_package(name) else name.rpartition(".")[0])
 
 
 def _edges(name: str) -> set[str]:
@@ -146,6 +188,9 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def _layer(name: str) -> int | None:
+    if _is_package(name):
+        inside = [_layer(m) for m in MODULES if m.startswith(name + ".") and not _is_package(m)]
+        return min((layer for layer in inside if layer is not None), default=None)
     matches = [p for p in LAYERS if name == p or name.startswith(p + ".")]
     return LAYERS[max(matches, key=len)] if matches else None
 
@@ -167,32 +212,62 @@ def test_no_import_cycle():
 
 
 def test_every_module_has_a_layer():
-    missing = [n for n in MODULES if _layer(n) is None and not _is_package(n)]
+    missing = [n for n in MODULES if _layer(n) is None]
     assert not missing, f"modules without a layer in LAYERS: {missing}"
 
 
-@pytest.mark.parametrize("name", [n for n in MODULES if not _is_package(n)])
-def test_imports_go_down_the_layers(name):
+def test_every_layer_entry_names_a_module():
+    stale = [p for p in LAYERS if not any(m == p or m.startswith(p + ".") for m in MODULES)]
+    assert not stale, f"LAYERS entries that match no module: {stale}"
+
+
+def _upward_imports(name: str) -> list[str]:
     own = _layer(name)
-    upward = sorted(
+    return sorted(
         f"{t} ({LAYER_NAMES[_layer(t)]})"
         for t in _imports(name)
-        if not _is_package(t) and _layer(t) is not None and _layer(t) > own
+        if _layer(t) is not None and _layer(t) > own
     )
-    assert not upward, f"{name} ({LAYER_NAMES[own]}) imports from higher layers: {upward}"
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_imports_go_down_the_layers(name):
+    upward = _upward_imports(name)
+    assert not upward, f"{name} ({LAYER_NAMES[_layer(name)]}) imports from higher layers: {upward}"
+
+
+def test_package_inits_take_their_lowest_layer_and_lazy_exports_are_not_imports():
+    assert _layer("lightning_mtl") == 0
+    assert _layer("lightning_mtl.meta") == 1
+    # the root names its LightningModules as strings, imported on first use: not imports
+    assert "lightning_mtl.modules" in LAZY_EXPORTS["lightning_mtl"].values()
+    assert _imports("lightning_mtl") == {"lightning_mtl._lazy"}
+    # an importer of a lazily re-exported name imports the module the name comes from; an
+    # import under `if TYPE_CHECKING:` never runs
+    code = """
+from lightning_mtl.meta import MetaSparsityModule
+if TYPE_CHECKING:
+    from lightning_mtl.modules import MultiTaskLightningModule
+else:
+    from lightning_mtl import runs
+"""
+    assert _imports_in(ast.parse(code), "lightning_mtl.tasks") == {
+        "lightning_mtl",
+        "lightning_mtl.meta",
+        "lightning_mtl.meta.module",
+        "lightning_mtl.runs",
+    }
 
 
 def test_the_lowest_layers_do_not_import_lightning():
     for name in MODULES:
-        if _layer(name) not in (0, 1) or _is_package(name):
+        if _layer(name) not in (0, 1):
             continue
-        tree = ast.parse(MODULES[name].read_text())
-        for node in ast.walk(tree):
-            names = []
+        for node in _import_statements(_tree(name)):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and not node.level:
-                names = [node.module or ""]
+            else:
+                names = [] if node.level else [node.module or ""]
             bad = [n for n in names if n == "lightning" or n.startswith(("lightning.", "pytorch_"))]
             assert not bad, f"{name} imports {bad}: the library layer runs without Lightning"
 

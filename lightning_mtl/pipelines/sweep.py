@@ -2,8 +2,8 @@
 
 `wandb sweep FILE` + `wandb agent ID` hand the grid to W&B; `lightning-mtl sweep FILE`
 (`make sweep GRID=FILE`) expands the same grid here and takes each run to completion one after
-another (`lightning_mtl.runs.run_to_completion`), with the arguments formatted by W&B's own
-agent code. Either way every run is `lightning-mtl run ARGS`: its folder `ROOT/run_name` is
+another (`lightning_mtl.pipelines.run.run_to_completion`), with the arguments formatted by W&B's
+own agent code. Either way every run is `lightning-mtl run ARGS`: its folder `ROOT/run_name` is
 named after its tasks, λ, penalty and seed, so a rerun skips complete runs and resumes partial
 ones, and the report groups them.
 
