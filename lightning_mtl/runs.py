@@ -13,8 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-#: written into a run folder when its fit and test are complete
+#: written into a run folder when it is complete (`lightning_mtl.pipelines.run`)
 RESULT_FILE = "result.json"
+#: what marked a complete `lightning-mtl meta` run before it wrote `result.json`
+LEGACY_RESULT_FILES: tuple[str, ...] = ("meta_test/meta_test.json",)
 
 
 def run_fields(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -52,6 +54,11 @@ def _dataset(data: Any) -> str:
         return _dataset(init["datamodule"])
     name = str(data.get("class_path", "?")).rsplit(".", 1)[-1].removesuffix("DataModule")
     return f"{name}-synthetic" if init.get("synthesize") else name
+
+
+def is_complete(run_dir: Path) -> bool:
+    """Whether the run folder holds a complete run (`result.json`, or a legacy marker)."""
+    return any((run_dir / name).is_file() for name in (RESULT_FILE, *LEGACY_RESULT_FILES))
 
 
 def read_result(run_dir: Path) -> dict[str, Any]:

@@ -87,12 +87,31 @@ WIDTH_DIFFERS = r"backbone_options: checkpoint \{'width': 8"
         ({"backbone_options": {"width": 16, "layers": [1, 1, 1, 1]}}, WIDTH_DIFFERS),
     ],
 )
+@pytest.mark.parametrize("legacy", [False, True], ids=["spec", "hyperparameters-only"])
 def test_resuming_into_another_architecture_says_what_differs(
-    sparse_checkpoint, tmp_path, overrides, match
+    sparse_checkpoint, tmp_path, overrides, match, legacy
 ):
+    """Also for a checkpoint written before checkpoints held the `ModelSpec`: its
+    hyperparameters say the architecture."""
     _, path = sparse_checkpoint
+    if legacy:
+        checkpoint = torch.load(path, weights_only=False)
+        del checkpoint["model_spec"]
+        path = tmp_path / "legacy.ckpt"
+        torch.save(checkpoint, path)
     data = tiny_datamodule()
     module = tiny_module(data, **overrides)
     trainer = tiny_trainer(tmp_path, max_epochs=2)
     with pytest.raises(ValueError, match=match):
         trainer.fit(module, data, ckpt_path=path)
+
+
+def test_resuming_with_another_tap_output_says_so(tmp_path):
+    data = tiny_datamodule()
+    taps = {"seg": "layer3.0.conv1", "depth": "layer1.0.conv2", "normal": "layer2.0.conv1"}
+    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(tiny_module(data, taps=taps), data)
+    trainer.save_checkpoint(tmp_path / "conv.ckpt")
+    module = tiny_module(data, taps=taps, tap_output="block")
+    with pytest.raises(ValueError, match=r"tap_output: checkpoint 'conv', this module 'block'"):
+        tiny_trainer(tmp_path, max_epochs=2).fit(module, data, ckpt_path=tmp_path / "conv.ckpt")

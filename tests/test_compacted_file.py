@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_mtl.benchmarks.compaction import zero_random_groups
-from lightning_mtl.models.builder import HeadSpec, build_from_spec, model_spec
+from lightning_mtl.models.builder import HeadSpec, ModelSpec, build_from_spec
 from lightning_mtl.models.compacted import COMPACTED_FORMAT, load_compacted, save_compacted
 from lightning_mtl.sparsity import CompactionPlanError, compact
 from tests.helpers import TINY_BACKBONE
@@ -39,7 +39,7 @@ def _images() -> Tensor:
 def _saved(path: Path, architecture: str, round_to: int | None = 8) -> tuple[nn.Module, dict]:
     """A half-zeroed, compacted model of `architecture` saved at `path`; (model, outputs)."""
     torch.manual_seed(0)
-    spec = model_spec(HEADS, head_channels=8, **ARCHITECTURES[architecture])
+    spec = ModelSpec(HEADS, head_channels=8, **ARCHITECTURES[architecture])
     model = build_from_spec(spec).eval()
     zero_random_groups(model, 0.5, torch.Generator().manual_seed(0))
     report = compact(model, _images()[:1], round_to=round_to)
@@ -142,7 +142,7 @@ def test_other_files_are_refused_by_name(tmp_path):
 
 def test_save_refuses_a_plan_that_does_not_describe_the_model(tmp_path):
     torch.manual_seed(0)
-    spec = model_spec(HEADS, head_channels=8, **ARCHITECTURES["lomt"])
+    spec = ModelSpec(HEADS, head_channels=8, **ARCHITECTURES["lomt"])
     model = build_from_spec(spec).eval()
     zero_random_groups(model, 0.5, torch.Generator().manual_seed(0))
     dense_plan = compact(build_from_spec(spec).eval()).plan  # nothing compacted
@@ -153,7 +153,8 @@ def test_save_refuses_a_plan_that_does_not_describe_the_model(tmp_path):
 
 
 def test_the_spec_is_plain_data():
-    spec = model_spec(HEADS, backbone="resnet18", backbone_options={"layers": (1, 1, 1, 1)})
-    assert spec["backbone_options"] == {"layers": [1, 1, 1, 1]}
+    spec = ModelSpec(HEADS, backbone="resnet18", backbone_options={"layers": (1, 1, 1, 1)})
+    assert spec.backbone_options == {"layers": [1, 1, 1, 1]}
+    assert ModelSpec.from_data(spec.to_data()) == spec
     with pytest.raises(TypeError, match=r"backbone_options.norm is a type, not plain data"):
-        model_spec(HEADS, backbone="resnet18", backbone_options={"norm": nn.BatchNorm2d})
+        ModelSpec(HEADS, backbone="resnet18", backbone_options={"norm": nn.BatchNorm2d})

@@ -38,7 +38,7 @@ class RunSummary(L.Callback):
     def table(trainer: L.Trainer, pl_module: L.LightningModule) -> Table:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         stats = sparsity_stats(
-            pl_module.sparse_weights(original_shapes=True), pl_module.hparams.get("group_by")
+            pl_module.sparse_weights(original_shapes=True), pl_module.sparsity.group_by
         )
         params = sum(p.numel() for p in pl_module.parameters())
         nonzero = sum(int(p.count_nonzero()) for p in pl_module.parameters())

@@ -25,7 +25,7 @@ class SparsityMonitor(L.Callback):
 
     Works with any module whose `sparse_weights(original_shapes=True)` gives (name, weight) in
     forward order (`MultiTaskModuleBase`'s: in the original architecture's shapes once the
-    module was compacted in training).
+    module was compacted in training) and whose `sparsity` names the `group_by`.
     """
 
     def __init__(self, filename: str = "sparsity.png", log_layers: bool = True) -> None:
@@ -39,7 +39,7 @@ class SparsityMonitor(L.Callback):
         if trainer.sanity_checking:
             return
         weights = pl_module.sparse_weights(original_shapes=True)
-        group_by = pl_module.hparams.get("group_by", "in_channel")
+        group_by = pl_module.sparsity.group_by
         stats = sparsity_stats(weights, group_by)
         pl_module.log("sparsity/group_pct", stats.group_pct)
         pl_module.log("sparsity/param_pct", stats.param_pct)

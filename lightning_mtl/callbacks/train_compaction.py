@@ -73,8 +73,7 @@ class TrainTimeCompaction(L.Callback):
             problems.append("the module optimises manually")
         if not hasattr(pl_module, "compact_model"):
             problems.append(f"{type(pl_module).__name__} has no compact_model()")
-        group_by = pl_module.hparams.get("group_by", "in_channel")
-        if group_by != "in_channel":
+        elif (group_by := pl_module.sparsity.group_by) != "in_channel":
             problems.append(f"group_by is {group_by!r} (only input-channel groups are removable)")
         if problems:
             raise ValueError(

@@ -8,7 +8,6 @@ runs, so an interrupted pipeline resumes where it stopped.
 from __future__ import annotations
 
 import functools
-import json
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import yaml
 
 from lightning_mtl.benchmarks.timing import latency_ms
 from lightning_mtl.lomt.selection import TaskProfile, profile_plot, select_taps
+from lightning_mtl.models.backbone import build_backbone
 from lightning_mtl.modules import MultiTaskLightningModule
 from lightning_mtl.pipelines.fit import LightningMTLCLI, build_cli
 from lightning_mtl.pipelines.run import run_to_completion
@@ -156,16 +156,10 @@ def write_profiles(options: LOMTOptions, root: Path) -> dict[str, TaskProfile]:
     """Per task: `profiles/{task}.json` (live-group fraction per conv and seed) and `.png`."""
     profiles = {}
     for task in options.tasks:
-        results = [read_result(root / "stage1" / f"{task}_seed{s}") for s in options.seeds]
-        profile = TaskProfile(
-            task=task,
-            architecture=results[0]["architecture"],
-            layers=list(results[0]["layers"]),
-            seeds={
-                seed: list(r["layers"].values())
-                for seed, r in zip(options.seeds, results, strict=True)
-            },
-        )
+        results = {s: read_result(root / "stage1" / f"{task}_seed{s}") for s in options.seeds}
+        first = results[options.seeds[0]]
+        layers = {seed: r["layers"] for seed, r in results.items()}
+        profile = TaskProfile.from_stats(task, first["architecture"], layers)
         path = root / "profiles" / f"{task}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         profile.save(path)
@@ -272,24 +266,19 @@ def _train(
 ) -> dict[str, Any]:
     """One run of the base config taken to completion (`run_to_completion`: fit, test the best
     checkpoint, `result.json`; a complete run is not run again)."""
-    args = [
-        "--config", options.base_config,
-        "--run.root", str(run_dir.parent),
-        "--run.name", run_dir.name,
-        "--run.logger", options.logger,
-        "--seed_everything", str(seed),
-        "--model.tasks", json.dumps(list(tasks)),
-        "--model.weighting", "uncertainty",
-        *options.args,
-    ]  # fmt: skip
-    if stage1:
-        args += ["--model.lambda_", str(options.stage1.lambda_), *options.stage1.args]
-    else:
-        args += ["--model.lambda_", "0", *options.stage2.args]
-        if taps is not None:
-            args += ["--model.taps", json.dumps(dict(taps))]
-            args += ["--model.tap_output", options.stage2.tap_output]
-    return run_to_completion(args, describe=functools.partial(_describe, taps=taps))
+    model: dict[str, Any] = {"tasks": list(tasks), "weighting": "uncertainty"}
+    model["lambda_"] = options.stage1.lambda_ if stage1 else 0.0
+    if taps is not None:
+        model |= {"taps": dict(taps), "tap_output": options.stage2.tap_output}
+    config = {
+        "config": [options.base_config],
+        "run": {"root": str(run_dir.parent), "name": run_dir.name, "logger": options.logger},
+        "seed_everything": seed,
+        "model": model,
+    }
+    overrides = [*options.args, *(options.stage1.args if stage1 else options.stage2.args)]
+    run_to_completion(config, overrides, describe=functools.partial(_describe, taps=taps))
+    return read_result(run_dir)
 
 
 def _describe(cli: LightningMTLCLI, taps: Mapping[str, str] | None) -> dict[str, Any]:
@@ -336,9 +325,24 @@ def _architecture_of(module: MultiTaskLightningModule) -> dict[str, Any]:
     return {"backbone": hp.backbone, "backbone_options": dict(hp.backbone_options or {})}
 
 
+class _ConfigOnlyCLI(LightningMTLCLI):
+    """The fit CLI that parses its config and instantiates nothing."""
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
 def _architecture(options: LOMTOptions) -> tuple[dict[str, Any], list[str]]:
-    """The stage-2 model's architecture and conv names (built from the base config, untrained)."""
-    args = [*options.args, *options.stage2.args, "--trainer.logger", "false"]
-    cli = build_cli(run=False, args=["--config", options.base_config, *args])
-    module = cli.model
-    return _architecture_of(module), [n for n, _ in module.model.backbone.conv_layers()]
+    """The stage-2 model's architecture (from the base config and the stage-2 arguments) and
+    its backbone's conv names (the backbone alone, built untrained)."""
+    args = ["--config", options.base_config, *options.args, *options.stage2.args]
+    model = build_cli(args, _ConfigOnlyCLI, run=False).config.model
+    architecture = {
+        "backbone": model.backbone,
+        "backbone_options": dict(model.backbone_options or {}),
+    }
+    backbone = build_backbone(model.backbone, **architecture["backbone_options"])
+    return architecture, [name for name, _ in backbone.conv_layers()]

@@ -126,7 +126,7 @@ def meta_test(
                 trainer.fit(module, datamodule)
                 metrics = trainer.test(module, datamodule, verbose=False)[0]
                 stats = sparsity_stats(
-                    module.sparse_weights(original_shapes=True), module.hparams.group_by
+                    module.sparse_weights(original_shapes=True), module.sparsity.group_by
                 )
                 main_metrics.update({k: t.main_metric for k, t in module.tasks.items()})
                 higher_is_better.update(

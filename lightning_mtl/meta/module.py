@@ -148,17 +148,14 @@ class MetaSparsityModule(MultiTaskModuleBase):
         scratch (the reference a meta-test compares with). `overrides` go to the module (the
         optimizer, the weighting, …).
         """
-        hp = self.hparams
         options: dict[str, Any] = {
-            "backbone": hp.backbone,
-            "backbone_options": hp.backbone_options,
-            "head_channels": hp.head_channels,
+            **self.model_spec.network_options(),
             "lambda_": self.current_lambda,
-            "prox_metric": hp.prox_metric,
-            "group_by": hp.group_by,
-            "sparse_layers": hp.sparse_layers,
+            "prox_metric": self.sparsity.prox_metric,
+            "group_by": self.sparsity.group_by,
+            "sparse_layers": self.sparsity.layers,
         }
-        if hp.per_layer_lambda:
+        if self.per_layer_groups:
             options["layer_lambdas"] = {n: float(v) for n, v in self.layer_lambdas().items()}
         module = MultiTaskLightningModule(tasks, targets, **{**options, **overrides})
         if meta_init:
@@ -192,7 +189,7 @@ class MetaSparsityModule(MultiTaskModuleBase):
                 buffer_sums[n] = buffer_sums[n] + b if n in buffer_sums else b
         if self.hparams.explicit_penalty == "meta":
             for (_, w), lam in weights_and_lambdas:
-                total = total + lam * group_lasso(w.detach(), self.hparams.group_by)
+                total = total + lam * group_lasso(w.detach(), self.sparsity.group_by)
         count = len(meta_batch)
         mean_buffers = {
             n: b / count if b.is_floating_point() else b // count for n, b in buffer_sums.items()
@@ -230,13 +227,13 @@ class MetaSparsityModule(MultiTaskModuleBase):
             lr=hp.inner_lr,
             sparsity=hp.inner_sparsity,
             first_order=hp.first_order,
-            group_by=hp.group_by,
+            group_by=self.sparsity.group_by,
         )
         query = self._task_loss(phi, buffers, keys, meta_task["query"])
         if hp.explicit_penalty == "adapted":
             for name, lam in lambdas.items():
                 if name in phi:
-                    query = query + lam * group_lasso(phi[name], hp.group_by)
+                    query = query + lam * group_lasso(phi[name], self.sparsity.group_by)
         return query, losses, buffers
 
     def _task_loss(
@@ -299,7 +296,7 @@ class MetaSparsityModule(MultiTaskModuleBase):
         self.log("lambda", self.current_lambda, prog_bar=True, **log)
         rho_grad = self.rho.grad if self.rho.grad is not None else torch.zeros_like(self.rho)
         self.log("meta/rho_grad", rho_grad.norm(), **log)
-        if self.hparams.per_layer_lambda:
+        if self.per_layer_groups:
             for name, lam in self.layer_lambdas().items():
                 self.log(f"lambda/{name}", lam.detach(), **log)
 
@@ -308,7 +305,7 @@ class MetaSparsityModule(MultiTaskModuleBase):
             return
         warning = dead_groups_warning(
             self.sparse_weights(),
-            self.hparams.group_by,
+            self.sparsity.group_by,
             f"step {self.global_step}",
             self.current_lambda,
             advice="λ's hypergradient is 0 from here on; start from a smaller lambda_init or "

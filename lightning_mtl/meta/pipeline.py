@@ -3,47 +3,70 @@ meta-test on seen and unseen tasks; one table."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 
 from datamodules.meta import MetaTaskDataModule
-from lightning_mtl.meta.meta_test import MetaTestOptions, check_meta_test, meta_test
+from lightning_mtl.meta.meta_test import (
+    META_TEST_RESULT,
+    MetaTestOptions,
+    check_meta_test,
+    meta_test,
+)
 from lightning_mtl.meta.module import MetaSparsityModule
-from lightning_mtl.pipelines.fit import LightningMTLCLI, build_cli
+from lightning_mtl.pipelines.fit import LightningMTLCLI
+from lightning_mtl.pipelines.run import run_to_completion
 
 
 class MetaCLI(LightningMTLCLI):
-    """The fit CLI for MetaSparsityModule plus the `meta_test` options."""
+    """The fit CLI for MetaSparsityModule plus the `meta_test` options (checked against the
+    model's tasks and the data's targets before anything trains)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
         parser.add_class_arguments(MetaTestOptions, "meta_test")
 
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        options = MetaTestOptions(**vars(self.config.meta_test))
+        check_meta_test(options, list(self.model.tasks), self.datamodule.datamodule.targets)
 
-def run_meta(args: Sequence[str]) -> Path:
+
+def run_meta(config: Mapping[str, Any] | Sequence[str], overrides: Sequence[str] = ()) -> Path:
     """Meta-train (MetaSparsityModule on a MetaTaskDataModule), then meta-test; one table.
 
-    Meta-training resumes from the run folder's `checkpoints/last.ckpt` when there is one (a
-    run named with `--run.name` and started before). Returns the meta-test folder.
+    A run taken to completion (`run_to_completion`): meta-training resumes from the run folder's
+    `checkpoints/last.ckpt` (a run named with `--run.name` and started before) and a complete
+    run is not run again. Returns the meta-test folder.
     """
-    cli = build_cli(args, MetaCLI, MetaSparsityModule, MetaTaskDataModule, run=False)
+    run_dir = run_to_completion(
+        config,
+        overrides,
+        evaluate=None,
+        describe=_meta_test,
+        cli_class=MetaCLI,
+        model_class=MetaSparsityModule,
+        datamodule_class=MetaTaskDataModule,
+    )
+    return run_dir / "meta_test"
+
+
+def _meta_test(cli: LightningMTLCLI) -> dict[str, Any]:
+    """Meta-test the meta-trained λ on seen and unseen tasks into the run's `meta_test/`."""
     options = MetaTestOptions(**vars(cli.config.meta_test))
-    plain_data = cli.datamodule.datamodule
-    check_meta_test(options, list(cli.model.tasks), plain_data.targets)
     trainer = cli.trainer
-    run_dir = Path(trainer.log_dir or trainer.default_root_dir)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(cli.model, cli.datamodule, ckpt_path=str(last) if last.is_file() else None)
-    cli.after_fit()
-    out = run_dir / "meta_test"
-    rows = meta_test(cli.model, plain_data, options, out, _placement(cli.config.trainer))
+    out = Path(trainer.log_dir or trainer.default_root_dir) / "meta_test"
+    rows = meta_test(
+        cli.model, cli.datamodule.datamodule, options, out, _placement(cli.config.trainer)
+    )
     if trainer.is_global_zero and rows:
         print((out / "meta_test.md").read_text())
         print(f"meta-test tables: {out / 'meta_test.md'}, {out / 'meta_test.csv'}")
-    return out
+    return {"meta_test": str(out / META_TEST_RESULT)}
 
 
 def _placement(trainer: Namespace) -> dict[str, object]:

@@ -2,7 +2,8 @@
 for every seed and whether the meta-learned start beats scratch every time.
 
 Each (variant, seed) is one `lightning-mtl meta` run in `ROOT/VARIANT/seed-S` (a complete one,
-with its `meta_test/meta_test.json`, is skipped; a partial one resumes from its last checkpoint).
+with its `result.json` or, from before, `meta_test/meta_test.json`, is skipped; a partial one
+resumes from its last checkpoint).
 The study then writes `study.md` (λ per variant and the seen/unseen meta-test, mean ± std over
 seeds), `study.csv` (every run's λ and meta-test rows) and `lambda_curves.png` (λ over the outer
 steps, every seed) to ROOT.
@@ -24,6 +25,7 @@ import yaml
 from lightning_mtl.meta.meta_test import META_TEST_RESULT
 from lightning_mtl.reporting.figures import lambda_curves, save_figure
 from lightning_mtl.reporting.tables import mean_std
+from lightning_mtl.runs import is_complete
 from lightning_mtl.tables import markdown_table, write_csv
 
 
@@ -100,16 +102,18 @@ def run_study(options: MetaStudyOptions) -> StudyResult:
     for variant, configs in options.variants.items():
         for seed in options.seeds:
             folder = run_folder(root, variant, seed)
-            if (folder / "meta_test" / META_TEST_RESULT).is_file():
+            if is_complete(folder):
                 print(f"[meta-study] complete, skipped: {folder}")
                 continue
             print(f"[meta-study] {variant} seed {seed} → {folder}")
-            args = [a for config in configs for a in ("--config", config)]
-            args += ["--seed_everything", str(seed), "--data.init_args.seed", str(seed)]
-            args += ["--run.root", str(folder.parent), "--run.name", folder.name]
-            args += ["--run.logger", "csv", *options.args]
+            config = {
+                "config": list(configs),
+                "seed_everything": seed,
+                "data": {"init_args": {"seed": seed}},
+                "run": {"root": str(folder.parent), "name": folder.name, "logger": "csv"},
+            }
             try:
-                run_meta(args)
+                run_meta(config, options.args)
             except Exception as error:  # one broken run must not stop the study
                 print(f"[meta-study] {folder} failed: {type(error).__name__}: {error}")
                 failed[str(folder)] = f"{type(error).__name__}: {error}"

@@ -1,8 +1,8 @@
-"""A compacted model as data: the builder's arguments, the compaction plan and the weights.
+"""A compacted model as data: the network's `ModelSpec`, the compaction plan and the weights.
 
 `save_compacted` writes plain containers and tensors only, so `load_compacted` reads the file
 with `torch.load(weights_only=True)` (no pickled code runs on load): it builds the dense network
-from the arguments (`build_from_spec`), shrinks it to the plan (`CompactionPlan.apply`) and loads
+from the spec (`build_from_spec`), shrinks it to the plan (`CompactionPlan.apply`) and loads
 the state dict. A file whose architecture, plan and weights disagree is refused with
 `CompactionPlanError`, naming the file and the layer or key.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_mtl.models.builder import build_from_spec
+from lightning_mtl.models.builder import ModelSpec, build_from_spec
 from lightning_mtl.sparsity.plan import CompactionPlan, CompactionPlanError
 
 __all__ = ["COMPACTED_FORMAT", "load_compacted", "save_compacted"]
@@ -28,20 +28,20 @@ _VERSION = 1
 
 
 def save_compacted(
-    model: nn.Module, path: str | Path, *, spec: Mapping[str, Any], plan: CompactionPlan
+    model: nn.Module, path: str | Path, *, spec: ModelSpec, plan: CompactionPlan
 ) -> None:
     """Save the compacted `model` as `{format, version, model_spec, plan, state_dict}`.
 
-    `spec` is the dense network's `model_spec` (a module's `model_spec`; its `weights` option is
-    dropped: the state dict holds the weights), `plan` the `CompactionReport.plan` of the
-    compaction. Rebuilds the architecture first and refuses (`CompactionPlanError`) a model that
-    `spec` and `plan` do not describe, so that every file written loads.
+    `spec` is the dense network's (a module's `model_spec`; stored as `spec.to_data()` without
+    the backbone's `weights` option: the state dict holds the weights), `plan` the
+    `CompactionReport.plan` of the compaction. Rebuilds the architecture first and refuses
+    (`CompactionPlanError`) a model that `spec` and `plan` do not describe, so that every file
+    written loads.
     """
-    options = {k: v for k, v in spec["backbone_options"].items() if k != "weights"}
-    spec = {**spec, "backbone_options": options}
+    spec_data = spec.without_pretrained_weights().to_data()
     state, where = model.state_dict(), f"save_compacted({path})"
-    _check_weights(_rebuild(spec, plan, where).state_dict(), state, where)
-    data = {"format": COMPACTED_FORMAT, "version": _VERSION, "model_spec": spec}
+    _check_weights(_rebuild(spec_data, plan, where).state_dict(), state, where)
+    data = {"format": COMPACTED_FORMAT, "version": _VERSION, "model_spec": spec_data}
     torch.save({**data, "plan": plan.to_data(), "state_dict": state}, path)
 
 
@@ -64,10 +64,10 @@ def load_compacted(path: str | Path, map_location: str | torch.device = "cpu") -
     return model.eval()
 
 
-def _rebuild(spec: Mapping[str, Any], plan: CompactionPlan, where: str) -> nn.Module:
-    """The dense network of `spec`, shrunk to `plan`."""
+def _rebuild(spec_data: Mapping[str, Any], plan: CompactionPlan, where: str) -> nn.Module:
+    """The dense network of the `ModelSpec.to_data()` `spec_data`, shrunk to `plan`."""
     try:
-        model = build_from_spec(spec)
+        model = build_from_spec(ModelSpec.from_data(spec_data))
         plan.apply(model)
     except (CompactionPlanError, TypeError, KeyError) as error:
         raise CompactionPlanError(f"{where}: {error}") from error

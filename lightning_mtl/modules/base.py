@@ -1,10 +1,10 @@
 """MultiTaskModuleBase: what every multi-task LightningModule here shares.
 
-The tasks, the network (built from its plain-data `model_spec`, the arguments of
-`build_multitask_model`), the grouped convs and their sparsity settings, the optimizer param
-groups, evaluation (val/test/predict steps and metrics, NaN for a task with a non-finite
-prediction), the non-finite loss/gradient stop (one host read per optimizer step), the model
-summary's example input, the checkpoint architecture check and exact-resume RNG bookkeeping.
+The tasks, the network (built from its `ModelSpec`, `model_spec`), the grouped convs and their
+sparsity settings, the optimizer param groups, evaluation (val/test/predict steps and metrics,
+NaN for a task with a non-finite prediction), the non-finite loss/gradient stop (one host read
+per optimizer step), the model summary's example input, the checkpoint architecture check
+(against the checkpoint's `ModelSpec`) and exact-resume RNG bookkeeping.
 Subclasses add how they train: `MultiTaskLightningModule` (weighted losses, automatic
 optimisation, warm-up) and `MetaSparsityModule` (meta-learned λ, manual optimisation).
 """
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from lightning_mtl.callbacks import RNGStateCheckpoint
 from lightning_mtl.metrics import BatchWeightedMean, nan_if_non_finite
-from lightning_mtl.models.builder import build_from_spec, model_spec
+from lightning_mtl.models.builder import ModelSpec, build_from_spec
 from lightning_mtl.modules.finite import NonFinitePredictions, NonFiniteStep
 from lightning_mtl.sparsity import GroupSparsity, ProxAdamW, conv_weights
 from lightning_mtl.sparsity.compact import CompactionReport, compact
@@ -35,8 +35,6 @@ __all__ = ["PARAM_GROUPS", "MultiTaskModuleBase"]
 
 #: Optimizer param groups the modules build, in order. `param_groups` overrides them by name.
 PARAM_GROUPS: tuple[str, ...] = ("sparse_convs", "backbone", "heads", "loss_weights")
-#: What must agree between a checkpoint and the module it is loaded into.
-_ARCHITECTURE_KEYS = ("tasks", "backbone", "backbone_options", "head_channels", "taps")
 
 
 class MultiTaskModuleBase(L.LightningModule):
@@ -45,13 +43,13 @@ class MultiTaskModuleBase(L.LightningModule):
     Args:
         tasks: task keys or `Task` objects (resolved against `targets`).
         targets: what the datamodule provides (`datamodule.targets`).
-        backbone, backbone_options, head_channels, taps, tap_output: the network, as
-            `build_multitask_model` takes them.
         sparsity: the group-sparsity settings.
         per_layer_groups: one `sparse_convs/{conv}` param group per grouped conv (per-layer λ);
             default: when `sparsity.layer_lambdas` is set.
         optimizer, lr_scheduler: factories taking param groups / the optimizer.
         param_groups: per-group optimizer overrides by group name (see `PARAM_GROUPS`).
+        network: the network's other `ModelSpec` fields (`backbone`, `backbone_options`,
+            `head_channels`, `taps`, `tap_output`).
     """
 
     def __init__(
@@ -59,16 +57,12 @@ class MultiTaskModuleBase(L.LightningModule):
         tasks: Sequence[str | Task],
         targets: Mapping[str, TargetSpec] | None,
         *,
-        backbone: str,
-        backbone_options: Mapping[str, Any] | None,
-        head_channels: int,
         sparsity: GroupSparsity,
         optimizer: OptimizerCallable,
         lr_scheduler: LRSchedulerCallable | None = None,
         param_groups: Mapping[str, Mapping[str, float]] | None = None,
         per_layer_groups: bool | None = None,
-        taps: Mapping[str, str] | None = None,
-        tap_output: str = "conv",
+        **network: Any,
     ) -> None:
         super().__init__()
         unknown = sorted(set(param_groups or {}) - set(PARAM_GROUPS))
@@ -78,15 +72,8 @@ class MultiTaskModuleBase(L.LightningModule):
             )
         self.sparsity = sparsity
         self.tasks: dict[str, Task] = _resolve_tasks(tasks, targets or {})
-        # the network's arguments as plain data: what a compacted model file stores
-        self.model_spec = model_spec(
-            self.tasks,
-            backbone=backbone,
-            backbone_options=backbone_options,
-            head_channels=head_channels,
-            taps=taps,
-            tap_output=tap_output,
-        )
+        # what a compacted model file stores and a resumed checkpoint must agree with
+        self.model_spec = ModelSpec(self.tasks, **network)
         self.model = build_from_spec(self.model_spec)
         self.sparse_names = [name for name, _ in conv_weights(self.model, sparsity.layers)]
         sparsity.check_layers(self.sparse_names)
@@ -336,34 +323,45 @@ class MultiTaskModuleBase(L.LightningModule):
         return [RNGStateCheckpoint()]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["model_spec"] = self.model_spec.to_data()
         checkpoint["compaction_plan"] = self.compaction_plan.to_data()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse another architecture; rebuild a compacted one from the checkpoint's plan (a
         checkpoint of train-time compaction) before Lightning loads its weights."""
-        _check_same_architecture(checkpoint.get("hyper_parameters", {}), self.hparams)
+        if "model_spec" in checkpoint:
+            saved = checkpoint["model_spec"]
+        else:  # a checkpoint from before checkpoints held the spec: its hyperparameters
+            saved = _legacy_spec_data(checkpoint.get("hyper_parameters", {}), self.model_spec)
+        _check_same_architecture(ModelSpec.from_data(saved), self.model_spec)
         plan = CompactionPlan.from_data(checkpoint.get("compaction_plan", {}))
         if plan != self.compaction_plan:
-            options = {
-                k: v for k, v in self.model_spec["backbone_options"].items() if k != "weights"
-            }
-            self.model = build_from_spec({**self.model_spec, "backbone_options": options})
+            self.model = build_from_spec(self.model_spec.without_pretrained_weights())
             plan.apply(self.model)
             self.compaction_plan = plan
 
 
-def _check_same_architecture(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+def _legacy_spec_data(hparams: Mapping[str, Any], current: ModelSpec) -> dict[str, Any]:
+    """The spec data of a checkpoint that stored only the modules' hyperparameters: its network
+    options over the current spec's (an option it did not save cannot differ), its task keys
+    with the current heads (or a placeholder head for a task the module lacks: keys suffice to
+    tell the task sets apart)."""
+    data = current.to_data()
+    saved = {k: hparams[k] for k in data if k != "tasks" and k in hparams}
+    saved["backbone_options"] = saved.get("backbone_options") or {}
+    keys = [t if isinstance(t, str) else t.key for t in hparams.get("tasks") or data["tasks"]]
+    placeholder = {"head": "dense", "out_channels": 0}
+    tasks = {k: data["tasks"].get(k, placeholder) for k in keys}
+    return {**data, **saved, "tasks": tasks}
+
+
+def _check_same_architecture(saved: ModelSpec, current: ModelSpec) -> None:
     """A clear error instead of a state-dict key/size mismatch when a checkpoint of another
-    backbone or task set is loaded (resumed) into this module."""
-
-    def describe(hparams: Mapping[str, Any]) -> dict[str, Any]:
-        tasks = [t if isinstance(t, str) else t.key for t in hparams.get("tasks") or []]
-        return {"tasks": tasks, **{k: hparams.get(k) for k in _ARCHITECTURE_KEYS[1:]}}
-
-    if not saved:
-        return
-    was, now = describe(saved), describe(current)
+    network (any `ModelSpec` field) is loaded (resumed) into this module."""
+    was, now = saved.to_data(), current.to_data()
     differ = {k: (was[k], now[k]) for k in was if was[k] != now[k]}
+    if "tasks" in differ and list(saved.tasks) != list(current.tasks):
+        differ["tasks"] = (list(saved.tasks), list(current.tasks))  # the keys say it shortest
     if differ:
         details = "; ".join(
             f"{k}: checkpoint {a!r}, this module {b!r}" for k, (a, b) in differ.items()

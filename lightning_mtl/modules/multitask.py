@@ -13,7 +13,6 @@ from torch import Tensor
 from lightning_mtl.callbacks import ProxWarmup, ResetOptimizerState
 from lightning_mtl.lomt.model import TapOutput
 from lightning_mtl.modules.base import MultiTaskModuleBase
-from lightning_mtl.registry import check_choice
 from lightning_mtl.sparsity import GroupSparsity, ProxAdamW
 from lightning_mtl.sparsity.config import ProxMetric
 from lightning_mtl.sparsity.groups import GroupBy
@@ -101,7 +100,6 @@ class MultiTaskLightningModule(MultiTaskModuleBase):
             start_epoch=prox_start_epoch,
             layers=sparse_layers,
         )
-        check_choice("tap_output", tap_output, TapOutput)
         super().__init__(
             tasks,
             targets,

@@ -7,10 +7,10 @@ from __future__ import annotations
 import netrc
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule
@@ -48,6 +48,23 @@ class LightningMTLCLI(LightningCLI):
 
     #: default run folder names end with a timestamp, so that reruns never share a folder
     timestamp_run_names = True
+
+    def __init__(self, *args: Any, overrides: Sequence[str] = (), **kwargs: Any) -> None:
+        self.overrides = list(overrides)
+        super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """A command line, or a config mapping as the parser produces it: its `config` entry
+        (config files) is read first, then its options; `overrides` (command-line options, e.g.
+        a user's on top of a pipeline's settings) go last."""
+        if not isinstance(args, Mapping):
+            super().parse_arguments(parser, args)
+            return
+        settings = dict(args)
+        files = settings.pop("config", None) or []
+        config = parser.parse_args([a for file in files for a in ("--config", str(file))])
+        config = parser.parse_object(settings, cfg_base=config)
+        self.config = parser.parse_args(self.overrides, namespace=config)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunOptions, "run")
@@ -159,13 +176,17 @@ def wandb_offline() -> bool:
 
 
 def build_cli(
-    args: Sequence[str],
+    args: Sequence[str] | Mapping[str, Any],
     cli_class: type[LightningMTLCLI] = LightningMTLCLI,
     model_class: type[MultiTaskModuleBase] = MultiTaskLightningModule,
     datamodule_class: type[LightningDataModule] = LightningDataModule,
     run: bool = True,
+    overrides: Sequence[str] = (),
 ) -> LightningMTLCLI:
-    """The `lightning-mtl fit` command line (`run=False`: parsed and instantiated, not run)."""
+    """The `lightning-mtl fit` command line (`run=False`: parsed and instantiated, not run).
+
+    `args`: a command line, or a config mapping as the parser produces it (nested options; a
+    `config` entry lists config files) with command-line `overrides` on top."""
     # the run summary says where the W&B run is and how to sync it; wandb's own banner is noise
     os.environ.setdefault("WANDB_QUIET", "true")
     return cli_class(
@@ -175,5 +196,6 @@ def build_cli(
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         run=run,
-        args=list(args),
+        args=dict(args) if isinstance(args, Mapping) else list(args),
+        overrides=overrides,
     )
